@@ -1,0 +1,1 @@
+"""Runnable recipes that only compose library calls (demo, paper recipes, ablations)."""

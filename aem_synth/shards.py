@@ -41,6 +41,7 @@ from typing import Any
 import h5py
 import hdf5plugin
 import numpy as np
+import numpy.typing as npt
 
 from aem_synth import __version__
 from aem_synth.errors import ShardError
@@ -79,10 +80,10 @@ def _codec_kwargs(name: str) -> dict[str, Any]:
     clevel = int(level[0]) if level else 5
     if family == "blosc2":
         f = hdf5plugin.Blosc2
-        return dict(f(cname=cname, clevel=clevel, filters=f.SHUFFLE))
+        return dict(f(cname=cname, clevel=clevel, filters=f.SHUFFLE))  # type: ignore[arg-type]
     if family == "blosc":
         g = hdf5plugin.Blosc
-        return dict(g(cname=cname, clevel=clevel, shuffle=g.SHUFFLE))
+        return dict(g(cname=cname, clevel=clevel, shuffle=g.SHUFFLE))  # type: ignore[arg-type]
     raise ShardError(f"unknown codec {name!r}; choose one of {sorted(CODECS)}")
 
 
@@ -301,13 +302,23 @@ class ShardReader:
 
     def shape(self, key: str) -> tuple[int, int, int]:
         """Spatial shape (X, Y, Z) of a sample."""
-        return tuple(self._group(key)["label"].shape)  # type: ignore[return-value]
+        x, y, z = self._group(key)["label"].shape
+        return (int(x), int(y), int(z))
 
-    def image(self, key: str, box: tuple[slice, slice, slice] | None = None) -> FloatArray:
-        """Image (4, x, y, z) as float32, optionally only the voxels in ``box``."""
+    def image(
+        self,
+        key: str,
+        box: tuple[slice, slice, slice] | None = None,
+        dtype: npt.DTypeLike | None = np.float32,
+    ) -> np.ndarray:
+        """Image (4, x, y, z), optionally only the voxels in ``box``.
+
+        ``dtype=None`` returns the stored float16 without conversion (cheaper
+        when the caller converts on its own device, e.g. in torch).
+        """
         ds = self._group(key)["image"]
         arr = ds[(slice(None), *box)] if box is not None else ds[()]
-        return arr.astype(np.float32)
+        return arr if dtype is None else arr.astype(dtype)
 
     def label(self, key: str, box: tuple[slice, slice, slice] | None = None) -> LabelArray:
         """Label (x, y, z) uint8, optionally only the voxels in ``box``."""

@@ -15,9 +15,9 @@ Conventions used everywhere in the project
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import numpy.typing as npt

@@ -1,0 +1,220 @@
+"""Segmentation losses: weighted cross-entropy + soft Dice, and RFNet's total loss.
+
+Shapes: ``logits`` ``(B, K, X, Y, Z)`` (any float dtype; every loss is
+computed in float32, so the functions are safe under bf16 autocast),
+``target`` ``(B, X0, Y0, Z0)`` int64 class indices in ``[0, K)``.
+
+Resolution: a prediction coarser than the target is compared with the
+target *nearest-downsampled by striding*, ``target[:, ::f, ::f, ::f]``. With
+stride-2, 3x3x3, padding-1 convolutions, voxel ``i`` of level ``l`` is centred
+on full-resolution voxel ``i * 2**l``, so striding keeps label and prediction
+aligned and is far cheaper than upsampling the prediction.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from train.models.base import ModelOutput
+
+__all__ = [
+    "downsample_target",
+    "rfnet_loss",
+    "segmentation_loss",
+    "soft_dice_loss",
+    "weighted_cross_entropy",
+]
+
+PROBABILITY_FLOOR = 1e-6
+
+
+def _check(logits: Tensor, target: Tensor) -> None:
+    if logits.ndim != 5:
+        raise ValueError(f"logits must have shape (B, K, X, Y, Z), got {tuple(logits.shape)}")
+    if target.dtype != torch.int64:
+        raise ValueError(f"target must have dtype torch.int64, got {target.dtype}")
+    expected = (logits.shape[0], *logits.shape[2:])
+    if tuple(target.shape) != tuple(expected):
+        raise ValueError(
+            f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}: "
+            f"expected {tuple(expected)}"
+        )
+    num_classes = logits.shape[1]
+    lo, hi = int(target.min()), int(target.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(
+            f"target labels must lie in [0, {num_classes - 1}] for {num_classes} classes, "
+            f"found range [{lo}, {hi}]"
+        )
+
+
+def downsample_target(target: Tensor, spatial: tuple[int, ...]) -> Tensor:
+    """Nearest-downsample ``target`` ``(B, X, Y, Z)`` to ``spatial`` by integer striding.
+
+    Raises
+    ------
+    ValueError
+        If a target size is not an integer multiple of the requested size.
+    """
+    full = tuple(target.shape[1:])
+    if full == tuple(spatial):
+        return target
+    if len(full) != len(spatial) or any(f % s for f, s in zip(full, spatial, strict=True)):
+        raise ValueError(
+            f"cannot downsample target of spatial size {full} to {tuple(spatial)}: "
+            "sizes must divide by an integer factor"
+        )
+    steps = [f // s for f, s in zip(full, spatial, strict=True)]
+    return target[:, :: steps[0], :: steps[1], :: steps[2]]
+
+
+def _match_target(logits: Tensor, target: Tensor) -> Tensor:
+    if target.ndim == 4 and logits.ndim == 5:
+        return downsample_target(target, tuple(logits.shape[2:]))
+    return target
+
+
+def weighted_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy with per-sample class weights ``w_c = 1 - freq_c`` (as RFNet).
+
+    ``freq_c`` is the fraction of sample ``b``'s voxels labelled ``c``; the
+    loss is the mean over all voxels of ``w_{b, y_v} * -log softmax(logits)_{y_v}``.
+    Unlike the published code the log-probability is not clamped at 0.005,
+    so confidently wrong voxels keep their gradient. A sample made of one
+    class only has weight 0 and contributes nothing, as in RFNet.
+
+    Parameters
+    ----------
+    logits : Tensor
+        ``(B, K, X, Y, Z)`` unnormalised scores.
+    target : Tensor
+        ``(B, X, Y, Z)`` int64 labels (downsampled by striding if finer).
+
+    Returns
+    -------
+    Tensor
+        Scalar float32 loss.
+    """
+    target = _match_target(logits, target)
+    _check(logits, target)
+    num_classes = logits.shape[1]
+    log_p = F.log_softmax(logits.float(), dim=1)
+    nll = -log_p.gather(1, target.unsqueeze(1)).squeeze(1)  # (B, X, Y, Z)
+    counts = F.one_hot(target.flatten(1), num_classes).sum(dim=1).float()  # (B, K)
+    weights = 1.0 - counts / target[0].numel()
+    voxel_weights = weights.gather(1, target.flatten(1)).view_as(nll)
+    return (voxel_weights * nll).mean()
+
+
+def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> Tensor:
+    """``1 - mean_c Dice_c`` of softmax probabilities, pooled over the batch (as RFNet).
+
+    ``Dice_c = (2 sum p_c t_c + smooth) / (sum p_c + sum t_c + smooth)`` over
+    every voxel of every sample, for every class including background; the
+    ``smooth`` term makes a class absent from target and prediction score 1.
+
+    Parameters
+    ----------
+    logits : Tensor
+        ``(B, K, X, Y, Z)`` unnormalised scores.
+    target : Tensor
+        ``(B, X, Y, Z)`` int64 labels (downsampled by striding if finer).
+    smooth : float
+        Additive smoothing of numerator and denominator (voxels).
+
+    Returns
+    -------
+    Tensor
+        Scalar float32 loss in ``[0, 1]``.
+    """
+    target = _match_target(logits, target)
+    _check(logits, target)
+    probs = torch.softmax(logits.float(), dim=1)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 4, 1, 2, 3).float()
+    dims = (0, 2, 3, 4)
+    intersection = (probs * onehot).sum(dims)
+    denominator = probs.sum(dims) + onehot.sum(dims)
+    dice = (2.0 * intersection + smooth) / (denominator + smooth)
+    return 1.0 - dice.mean()
+
+
+def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """``weighted_cross_entropy + soft_dice_loss``; scalar float32."""
+    return weighted_cross_entropy(logits, target) + soft_dice_loss(logits, target)
+
+
+def _probability_loss(probs: Tensor, target: Tensor) -> Tensor:
+    # softmax(log p) == p, so the logit losses apply unchanged to probability maps.
+    return segmentation_loss(torch.log(probs.float().clamp_min(PROBABILITY_FLOOR)), target)
+
+
+def rfnet_loss(
+    out: ModelOutput,
+    target: Tensor,
+    *,
+    modality_mask: Tensor | None = None,
+    fused_weight: float = 1.0,
+) -> tuple[Tensor, dict[str, float]]:
+    """Total RFNet loss: fused + auxiliary + deep supervision + region maps.
+
+    Every term is ``segmentation_loss`` (weighted CE + soft Dice) against
+    ``target`` at the term's own resolution (strided): ``fused`` on
+    ``out.logits``; ``aux`` summed over the modalities of ``out.aux_logits``
+    (when present); ``deep`` summed over ``out.deep_logits``; ``region``
+    summed over ``out.region_maps`` (probabilities; the region masks of the
+    target, i.e. its one-hot classes, as RFNet's PRM loss). Terms an output
+    lacks are 0.
+
+    Parameters
+    ----------
+    out : ModelOutput
+        Backbone output for the batch.
+    target : Tensor
+        ``(B, X, Y, Z)`` int64 full-resolution labels.
+    modality_mask : Tensor, optional
+        ``(B, M)`` bool. When given, an auxiliary prediction counts only for
+        samples where its modality is present; pass it when absent modalities'
+        images are zeroed by the loader. ``None`` (RFNet): every modality
+        counts, which assumes complete images with missingness simulated by
+        the mask alone.
+    fused_weight : float
+        Factor on the fused term (RFNet trains with 0 for its first epochs).
+
+    Returns
+    -------
+    loss : Tensor
+        Scalar float32 total, differentiable.
+    parts : dict of str to float
+        ``fused``, ``aux``, ``deep``, ``region`` and ``total`` for logging.
+    """
+    zero = out.logits.new_zeros((), dtype=torch.float32)
+    fused = segmentation_loss(out.logits, target)
+    aux = _aux_loss(out.aux_logits, target, modality_mask) if out.aux_logits is not None else zero
+    deep = sum((segmentation_loss(d, target) for d in out.deep_logits), zero)
+    region = sum((_probability_loss(r, target) for r in out.region_maps), zero)
+    total = fused_weight * fused + aux + deep + region
+    parts = {"fused": fused, "aux": aux, "deep": deep, "region": region, "total": total}
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def _aux_loss(aux_logits: Tensor, target: Tensor, modality_mask: Tensor | None) -> Tensor:
+    """Sum over modalities of the per-modality loss ``(B, M, K, ...)``."""
+    num_modalities = aux_logits.shape[1]
+    if modality_mask is None:
+        return sum(
+            (segmentation_loss(aux_logits[:, m], target) for m in range(num_modalities)),
+            aux_logits.new_zeros((), dtype=torch.float32),
+        )
+    if tuple(modality_mask.shape) != tuple(aux_logits.shape[:2]):
+        raise ValueError(
+            f"modality_mask shape {tuple(modality_mask.shape)} does not match aux_logits "
+            f"(B, M) = {tuple(aux_logits.shape[:2])}"
+        )
+    total = aux_logits.new_zeros((), dtype=torch.float32)
+    for m in range(num_modalities):
+        present = modality_mask[:, m].to(aux_logits.device)
+        if bool(present.any()):
+            total = total + segmentation_loss(aux_logits[present, m], target[present])
+    return total

@@ -1,0 +1,256 @@
+"""Build benchmarks (issue 3 "must show" 2-5); each part runs alone and prints its figures.
+
+Parts (``--part``):
+
+``floor``
+    Per synthetic sample, end to end in the build (read the two per-case
+    intermediates, synthesise, compress + write through ``write_shard``)
+    versus the I/O floor (read the same intermediates, compress + write the
+    same arrays, no synthesis), side by side, median of ``--repeats``.
+``scaling``
+    Whole-build throughput (samples / wall second) with 2 workers versus 1 on
+    a ``--cases``-case phantom set (default 24 at 240x240x155, multiplier 4).
+``storage``
+    Bytes per synthetic sample as a fraction of the float32 ``.npy`` size of
+    the same arrays (image float32 + label uint8), on the real sample cases
+    (multiplier 2, all in train) and on phantoms; float16 round-trip error of
+    the stored z-scores (max and RMS over brain voxels).
+``rss``
+    Peak RSS per worker (``ru_maxrss`` of each worker process) for builds of
+    ``--rss-cases`` cases (default 12 and 24): it must not grow with the set.
+
+Heavy on a small machine: ``scaling`` and ``rss`` at BraTS size take many
+minutes.  Run: ``.venv/bin/python benchmarks/bench_build.py --part storage``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from aem_synth.build import BuildOptions, build
+from aem_synth.cache import read_case
+from aem_synth.shards import Sample, ShardReader, list_samples, read_manifest, write_shard
+from aem_synth.tasks import ShardSpec, _CaseCache, run_shard
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "brats_samples"
+
+
+def phantoms(folder: Path, n: int, shape: tuple[int, int, int], seed: int = 0) -> Path:
+    from aem_synth.phantom import write_phantom_dataset
+
+    root = folder / f"phantoms-{n}-{'x'.join(map(str, shape))}"
+    if not root.is_dir():
+        write_phantom_dataset(root, n_cases=n, layout="brats2020", seed=seed, shape=shape)
+    return root
+
+
+def all_train_splits(root: Path, folder: Path) -> Path:
+    """A split folder putting every labelled case of ``root`` in train."""
+    from aem_synth.discover import discover
+
+    ids = sorted(r.case_id for r in discover(root) if r.labelled)
+    splits = folder / "splits-all-train"
+    splits.mkdir(parents=True, exist_ok=True)
+    (splits / "train.txt").write_text("\n".join(ids))
+    (splits / "val.txt").write_text("")
+    (splits / "test.txt").write_text("")
+    return splits
+
+
+def synthetic_specs(out: Path, codec: str) -> list[ShardSpec]:
+    """The build's synthetic pairs (from the manifest), one spec per sample."""
+    from aem_synth.pairing import plan_pairs
+
+    m = read_manifest(out)
+    train = m["splits"]["train"]
+    donors = [c for c in train if m["cases"][c]["has_tumour"]]
+    opts = m["options"]
+    pairs = plan_pairs(train, donors, opts["multiplier"], opts["seed"])
+    return [
+        ShardSpec(
+            f"bench/s-{n:05d}.h5",
+            "synthetic",
+            "train",
+            ((f"s-{n}", asdict(p)),),
+            "bench",
+            codec=codec,
+        )
+        for n, p in enumerate(pairs)
+    ]
+
+
+def part_floor(tmp: Path, args: argparse.Namespace) -> None:
+    root = phantoms(tmp, args.cases, args.shape)
+    out = tmp / "floor-store"
+    build(BuildOptions(root=root, out=out, multiplier=2, workers=1, keep_work=True, progress=False))
+    work = out / ".work"
+    specs = synthetic_specs(out, BuildOptions(root=root, out=out).codec)[: args.samples]
+    stored = {ref.sample_id: ref for ref in list_samples(out, "synthetic")}
+    e2e, floor = [], []
+    for n, spec in enumerate(specs):
+        ref = stored[f"aem-{n:06d}"]
+        with ShardReader(ref.shard) as r:
+            sample = r.image(ref.sample_id), r.label(ref.sample_id), r.meta(ref.sample_id)
+        pair = spec.items[0][1]
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            run_shard(spec, str(out), str(work))
+            e2e.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            cache = _CaseCache(work)
+            cache.get(pair["anatomy"]), cache.get(pair["donor"])
+            write_shard(
+                out / "bench/floor.h5",
+                [Sample("s", *sample)],
+                root=out,
+                kind="synthetic",
+                split="train",
+                codec=spec.codec,
+            )
+            floor.append(time.perf_counter() - t0)
+    me, mf = statistics.median(e2e), statistics.median(floor)
+    print(f"[floor] {len(specs)} samples x {args.repeats} repeats, shape {args.shape}")
+    print(
+        f"[floor] end to end per sample: {me * 1e3:.0f} ms   I/O floor: {mf * 1e3:.0f} ms   "
+        f"ratio: {me / mf:.2f}x (target <= 1.5x)"
+    )
+
+
+def _throughput(root: Path, out: Path, workers: int, multiplier: int) -> tuple[float, float, int]:
+    shutil.rmtree(out, ignore_errors=True)
+    s = build(
+        BuildOptions(root=root, out=out, multiplier=multiplier, workers=workers, progress=False)
+    )
+    return s.samples / s.wall_seconds, s.wall_seconds, s.samples
+
+
+def part_scaling(tmp: Path, args: argparse.Namespace) -> None:
+    root = phantoms(tmp, args.cases, args.shape)
+    res = {w: _throughput(root, tmp / f"scaling-{w}", w, args.multiplier) for w in (1, 2)}
+    for w, (tp, wall, n) in res.items():
+        print(f"[scaling] {w} worker(s): {n} samples in {wall:.1f} s = {tp:.2f} samples/s")
+    print(f"[scaling] 2 vs 1 workers: {res[2][0] / res[1][0]:.2f}x (target >= 1.7x)")
+
+
+def _npy_bytes(*arrays: np.ndarray) -> int:
+    total = 0
+    for a in arrays:
+        buf = io.BytesIO()
+        np.save(buf, a)
+        total += buf.tell()
+    return total
+
+
+def _storage(label: str, root: Path, tmp: Path, splits: Path | None) -> None:
+    out = tmp / f"storage-{label}"
+    shutil.rmtree(out, ignore_errors=True)
+    build(
+        BuildOptions(
+            root=root,
+            out=out,
+            multiplier=2,
+            workers=1,
+            splits_dir=splits,
+            keep_work=True,
+            progress=False,
+        )
+    )
+    per_sample, errors = [], []
+    for ref in list_samples(out, "synthetic"):
+        with ShardReader(ref.shard) as r:
+            img, lab = r.image(ref.sample_id), r.label(ref.sample_id)
+        npy = _npy_bytes(img.astype(np.float32), lab)
+        per_sample.append(npy)
+    shard_bytes = sum(e["bytes"] for e in read_manifest(out)["shards"] if e["kind"] == "synthetic")
+    n = len(per_sample)
+    for ref in list_samples(out, "real"):
+        case = read_case(out / ".work", ref.sample_id, full_grid=False)
+        with ShardReader(ref.shard) as r:
+            stored = r.image(ref.sample_id)
+        errors.append((stored - case.image)[:, case.mask])
+    err = np.concatenate([e.ravel() for e in errors])
+    print(
+        f"[storage] {label}: {n} synthetic samples, {shard_bytes / n / 1e6:.2f} MB/sample stored "
+        f"vs {sum(per_sample) / n / 1e6:.2f} MB float32 .npy = "
+        f"{shard_bytes / sum(per_sample):.3f} of .npy"
+    )
+    print(
+        f"[storage] {label}: float16 round-trip error of z-scores: max {np.abs(err).max():.2e}, "
+        f"RMS {np.sqrt(np.mean(err.astype(np.float64) ** 2)):.2e}"
+    )
+
+
+def part_storage(tmp: Path, args: argparse.Namespace) -> None:
+    if REAL_DATA.is_dir():
+        _storage("real-samples", REAL_DATA, tmp, all_train_splits(REAL_DATA, tmp))
+    else:
+        print(f"[storage] real samples not found at {REAL_DATA}: skipped")
+    root = phantoms(tmp, args.cases, args.shape)
+    _storage("phantoms", root, tmp, None)
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def part_rss(tmp: Path, args: argparse.Namespace) -> None:
+    from distributed import Client, LocalCluster
+
+    for n in args.rss_cases:
+        root = phantoms(tmp, n, args.shape)
+        with (
+            LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            out = tmp / f"rss-{n}"
+            shutil.rmtree(out, ignore_errors=True)
+            build(
+                BuildOptions(
+                    root=root,
+                    out=out,
+                    multiplier=args.multiplier,
+                    scheduler=cluster.scheduler_address,
+                    progress=False,
+                )
+            )
+            peaks = sorted(client.run(_peak_rss_mb).values())
+        print(f"[rss] {n} cases: peak RSS per worker {', '.join(f'{p:.0f}' for p in peaks)} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["floor", "scaling", "storage", "rss"], required=True)
+    parser.add_argument("--cases", type=int, default=24)
+    parser.add_argument(
+        "--shape", type=lambda s: tuple(int(v) for v in s.split(",")), default=(240, 240, 155)
+    )
+    parser.add_argument("--multiplier", type=int, default=4)
+    parser.add_argument("--samples", type=int, default=6, help="floor: samples measured")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rss-cases", type=int, nargs="+", default=[12, 24])
+    parser.add_argument("--tmp", type=Path, default=None, help="Scratch folder (default: temp)")
+    args = parser.parse_args()
+    tmp = args.tmp or Path(tempfile.mkdtemp(prefix="bench_build_"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    {"floor": part_floor, "scaling": part_scaling, "storage": part_storage, "rss": part_rss}[
+        args.part
+    ](tmp, args)
+    print(f"[{args.part}] done in {time.perf_counter() - t0:.0f} s (scratch: {tmp})")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,202 @@ def main() -> None:
 
 # Commands are defined below this line: `run` (stages), `evaluate`, `predict`.
 
+# --- run (issue 4) -----------------------------------------------------------------------------
+
+
+@main.command("run")
+@click.option(
+    "--stage",
+    required=True,
+    type=click.Choice(["pretrain", "train", "posttrain"]),
+    help="Stage to run (each starts from the previous stage's final.pt by default).",
+)
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Dotted override, e.g. stage.train.epochs=3 or data.crop=[48,48,48] (repeatable).",
+)
+@click.option("--force", is_flag=True, help="Delete this stage's outputs and run it again.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def run_cmd(
+    stage: str, config_path: str, overrides: tuple[str, ...], force: bool, no_progress: bool
+) -> None:
+    """Run (or resume after a kill) one training stage; outputs in runs_dir/name/<stage>/."""
+    import logging
+
+    from train.config import load_config
+    from train.stages import run_stage
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(config_path, list(overrides))
+        result = run_stage(
+            cfg, stage, force=force, progress=not no_progress, config_path=config_path
+        )
+    except (ValueError, RuntimeError, OSError) as exc:
+        _fail_exit(exc)
+    if result.status == "done":
+        click.echo(
+            f"stage {stage} is already done ({result.steps} steps): {result.final}; "
+            "use --force to run it again"
+        )
+    else:
+        click.echo(f"stage {stage} finished after {result.steps} steps: {result.final}")
+
+
+# --- evaluate / predict (issue 5) ------------------------------------------------------------
+
+
+def _inference_options(f: click.decorators.FC) -> click.decorators.FC:
+    """Sliding-window options shared by `evaluate` and `predict`."""
+    options = [
+        click.option(
+            "--window",
+            default=80,
+            show_default=True,
+            type=click.IntRange(min=8),
+            help="Cubic window size in voxels (multiple of 8).",
+        ),
+        click.option(
+            "--overlap",
+            default=0.5,
+            show_default=True,
+            type=click.FloatRange(0.0, 1.0, max_open=True),
+            help="Window overlap fraction.",
+        ),
+        click.option("--gaussian", is_flag=True, help="Gaussian importance weighting of windows."),
+        click.option(
+            "--batch-size",
+            default=2,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Windows per forward pass.",
+        ),
+        click.option("--bf16", "amp", is_flag=True, help="bf16 autocast (CUDA only)."),
+        click.option(
+            "--et-postprocess",
+            default=None,
+            type=click.IntRange(min=1),
+            metavar="N",
+            help="Relabel ET as NCR/NET when a case has fewer than N ET voxels (off).",
+        ),
+        click.option(
+            "--device",
+            default="auto",
+            show_default=True,
+            help="auto (CUDA when present), cpu or cuda[:n].",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _fail_exit(exc: Exception) -> None:
+    import sys
+
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(2)
+
+
+@main.command("evaluate")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--split", default="test", show_default=True, help="Real split of the shard store.")
+@click.option(
+    "--shards",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Shard store (default: the one in the checkpoint's config).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Output folder (default: <checkpoint folder>/eval-<split>).",
+)
+@_inference_options
+def evaluate_cmd(
+    checkpoint: str, split: str, shards: str | None, out_dir: str | None, **kw: object
+) -> None:
+    """Dice and HD95 of WT/TC/ET over the 15 modality subsets; prints the paper's table."""
+    from pathlib import Path
+
+    from train.evaluate import evaluate
+
+    try:
+        result = evaluate(
+            Path(checkpoint),
+            split=split,
+            shards=Path(shards) if shards else None,
+            out_dir=Path(out_dir) if out_dir else None,
+            **kw,  # type: ignore[arg-type]
+        )
+    except (ValueError, RuntimeError, OSError) as exc:
+        _fail_exit(exc)
+    click.echo(result.markdown)
+    for name, path in result.files.items():
+        click.echo(f"wrote {name}: {path}")
+
+
+@main.command("predict")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--case",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="One patient folder (any layout, any non-empty set of modalities).",
+)
+@click.option(
+    "--in",
+    "root",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="A folder of patients; one <case_id>_seg.nii.gz each in --out.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(),
+    help="Output file (.nii.gz, or .mha for BraTS 2015) with --case; folder with --in.",
+)
+@click.option(
+    "--layout",
+    default="auto",
+    show_default=True,
+    help="Force a layout (brats2015/2018/2019/2020/2021/2023).",
+)
+@_inference_options
+def predict_cmd(case: str | None, root: str | None, layout: str, **kw: object) -> None:
+    """Segment patients with whatever modalities they have, in their original grid and labels."""
+    from pathlib import Path
+
+    from train.predict import FolderPrediction, describe_mask, predict
+
+    try:
+        outcome = predict(
+            case=Path(case) if case else None,
+            root=Path(root) if root else None,
+            layout=None if layout == "auto" else layout,
+            **kw,  # type: ignore[arg-type]
+        )
+    except (ValueError, RuntimeError, OSError) as exc:
+        _fail_exit(exc)
+    results = outcome.results if isinstance(outcome, FolderPrediction) else [outcome]
+    for r in results:
+        click.echo(
+            f"{r.case_id}: {describe_mask(r.mask)}; wrote {r.out_path} labels {r.label_counts}"
+        )
+    if isinstance(outcome, FolderPrediction):
+        for f in outcome.failures:
+            click.echo(f"skipped {f.case}: {f.reason}", err=True)
+        click.echo(f"{len(outcome.results)} case(s) predicted, {len(outcome.failures)} skipped")
+        if not outcome.results:
+            raise SystemExit(2)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

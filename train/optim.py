@@ -1,0 +1,37 @@
+"""Optimiser and learning-rate schedule of the paper: Adam (amsgrad) with poly decay per step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from train.config import StageConfig
+
+__all__ = ["build_optimizer", "poly_lr", "set_lr"]
+
+
+def build_optimizer(params: Iterable[nn.Parameter], stage: StageConfig) -> torch.optim.Adam:
+    """Adam with ``amsgrad=True``, the stage's ``lr`` and (L2) ``weight_decay``."""
+    trainable = [p for p in params if p.requires_grad]
+    return torch.optim.Adam(trainable, lr=stage.lr, weight_decay=stage.weight_decay, amsgrad=True)
+
+
+def poly_lr(base_lr: float, step: int, total: int, power: float) -> float:
+    """``base_lr * (1 - step / total) ** power``, the learning rate of 0-based ``step``.
+
+    Raises
+    ------
+    ValueError
+        ``step`` outside ``[0, total)``.
+    """
+    if not 0 <= step < total:
+        raise ValueError(f"poly schedule: step must be in [0, {total}), got {step}")
+    return base_lr * (1.0 - step / total) ** power
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,150 @@
+"""Training history of a stage: ``metrics.csv`` (one row per optimiser step) and its loss-curve PNG.
+
+``metrics.csv`` columns: ``step`` (1-based optimiser step), ``epoch``
+(0-based epoch the step belongs to), ``lr``, ``loss`` (total), one column per
+loss part (e.g. ``seg``, ``kd``, ``kd_feat``), ``samples_per_s`` (training
+throughput of all ranks together, data loading included), then ``val_loss``
+and ``val_dice_wt``/``val_dice_tc``/``val_dice_et`` (filled on the last step
+of a validated epoch, empty elsewhere).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+__all__ = ["FIXED_HEAD", "VAL_COLUMNS", "MetricsLog", "plot_loss_curve", "read_metrics"]
+
+FIXED_HEAD = ("step", "epoch", "lr", "loss")
+VAL_COLUMNS = ("val_loss", "val_dice_wt", "val_dice_tc", "val_dice_et")
+
+
+def read_metrics(path: Path) -> list[dict[str, str]]:
+    """Rows of a ``metrics.csv`` as dicts of strings (empty list when the file is absent)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+class MetricsLog:
+    """Append-only ``metrics.csv`` whose loss-part columns are fixed by the first row.
+
+    Parameters
+    ----------
+    path : Path
+        The CSV file; created on the first :meth:`append`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        rows = read_metrics(self.path)
+        self.columns: list[str] | None = list(rows[0].keys()) if rows else None
+
+    def reset(self) -> None:
+        """Delete the file; the next :meth:`append` starts a new one."""
+        self.path.unlink(missing_ok=True)
+        self.columns = None
+
+    def truncate_after(self, step: int) -> int:
+        """Drop rows with ``step`` greater than ``step`` (written after the checkpoint being resumed).
+
+        Returns the number of rows kept.  The file is rewritten atomically.
+        """
+        rows = read_metrics(self.path)
+        if not rows:
+            return 0
+        keep = [r for r in rows if int(r["step"]) <= step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
+            writer.writeheader()
+            writer.writerows(keep)
+        os.replace(tmp, self.path)
+        return len(keep)
+
+    def append(self, row: Mapping[str, float | int | str]) -> None:
+        """Write one row (flushed); unknown keys after the first row are ignored."""
+        if self.columns is None:
+            parts = sorted(k for k in row if k not in (*FIXED_HEAD, "samples_per_s", *VAL_COLUMNS))
+            self.columns = [*FIXED_HEAD, *parts, "samples_per_s", *VAL_COLUMNS]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "w", newline="") as fh:
+                csv.DictWriter(fh, fieldnames=self.columns).writeheader()
+        with open(self.path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore", restval="")
+            writer.writerow({k: _fmt(v) for k, v in row.items()})
+
+
+def _fmt(value: float | int | str) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _series(rows: Sequence[Mapping[str, str]], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for r in rows:
+        v = r.get(key, "")
+        if v not in ("", None) and math.isfinite(float(v)):
+            xs.append(int(r["step"]))
+            ys.append(float(v))
+    return xs, ys
+
+
+def _smooth(ys: list[float], window: int) -> list[float]:
+    out, acc = [], 0.0
+    for i, y in enumerate(ys):
+        acc += y
+        if i >= window:
+            acc -= ys[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def plot_loss_curve(metrics_csv: Path, png: Path, title: str = "") -> Path | None:
+    """Draw training loss (raw and moving average), loss parts and validation curves to ``png``.
+
+    Uses the non-interactive Agg backend; the PNG is replaced atomically.
+    Returns ``None`` when there is nothing to plot yet.
+    """
+    rows = read_metrics(metrics_csv)
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    xs, ys = _series(rows, "loss")
+    ax_loss.plot(xs, ys, color="0.75", lw=0.8, label="loss (per step)")
+    ax_loss.plot(
+        xs, _smooth(ys, max(1, len(ys) // 20)), color="k", lw=1.5, label="loss (moving avg)"
+    )
+    skip = {*FIXED_HEAD, "samples_per_s", *VAL_COLUMNS}
+    for key in [k for k in rows[0] if k not in skip]:
+        px, py = _series(rows, key)
+        ax_loss.plot(px, _smooth(py, max(1, len(py) // 20)), lw=1.0, label=key)
+    ax_loss.set(xlabel="step", ylabel="loss", title=title or "training loss")
+    ax_loss.legend(fontsize=7)
+    vx, vy = _series(rows, "val_loss")
+    ax_val.plot(vx, vy, marker="o", ms=3, color="k", label="val_loss")
+    ax_val.set(
+        xlabel="step", ylabel="validation loss", title="validation (fixed crops, all modalities)"
+    )
+    ax_dice = ax_val.twinx()
+    for key in VAL_COLUMNS[1:]:
+        dx, dy = _series(rows, key)
+        ax_dice.plot(dx, dy, marker="o", ms=3, label=key)
+    ax_dice.set(ylabel="Dice", ylim=(0.0, 1.0))
+    ax_val.legend(loc="upper left", fontsize=7)
+    ax_dice.legend(loc="upper right", fontsize=7)
+    tmp = png.with_name(f".{png.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, png)
+    return png

@@ -22,11 +22,11 @@ import click
 CONFIG = Path(__file__).with_name("demo.toml")
 
 
-def _step(title: str, group: click.Group, args: Sequence[str]) -> None:
-    click.secho(f"\n== {title}: {group.name} {' '.join(args)}", bold=True)
+def _step(title: str, group: click.Group, prog: str, args: Sequence[str]) -> None:
+    click.secho(f"\n== {title}: {prog} {' '.join(args)}", bold=True)
     t0 = time.perf_counter()
     try:
-        group.main(list(args), prog_name=group.name, standalone_mode=False)
+        group.main(list(args), prog_name=prog, standalone_mode=False)
     except SystemExit as exc:  # a command signalled failure with an exit code
         if exc.code not in (0, None):
             raise click.ClickException(f"step '{title}' failed with exit code {exc.code}") from exc
@@ -47,23 +47,79 @@ def main(out: Path, cases: int, shape: str, workers: int, seed: int) -> None:
     data, shards, runs = out / "phantom", out / "shards", out / "runs"
     t0 = time.perf_counter()
     if not (data / "phantom.json").is_file():
-        _step("phantom data", aem, ["phantom", "--out", str(data), "--cases", str(cases),
-                                    "--layout", "brats2020", "--seed", str(seed), "--shape", shape])
-    _step("inspect", aem, ["inspect", "--in", str(data)])
-    _step("AEM x4 build", aem, ["build", "--multiplier", "4", "--in", str(data), "--out", str(shards),
-                                "--workers", str(workers), "--seed", str(seed)])
-    _step("verify", aem, ["verify", str(shards)])
+        _step(
+            "phantom data",
+            aem,
+            "aem-synth",
+            [
+                "phantom",
+                "--out",
+                str(data),
+                "--cases",
+                str(cases),
+                "--layout",
+                "brats2020",
+                "--seed",
+                str(seed),
+                "--shape",
+                shape,
+            ],
+        )
+    _step("inspect", aem, "aem-synth", ["inspect", "--in", str(data)])
+    _step(
+        "AEM x4 build",
+        aem,
+        "aem-synth",
+        [
+            "build",
+            "--multiplier",
+            "4",
+            "--in",
+            str(data),
+            "--out",
+            str(shards),
+            "--workers",
+            str(workers),
+            "--seed",
+            str(seed),
+        ],
+    )
+    _step("verify", aem, "aem-synth", ["verify", str(shards)])
     sample = _first_synthetic_sample(shards)
-    _step("preview", aem, ["preview", str(shards), "--sample", sample,
-                           "--out", str(out / "preview.png")])
+    _step(
+        "preview",
+        aem,
+        "aem-synth",
+        ["preview", str(shards), "--sample", sample, "--out", str(out / "preview.png")],
+    )
     overrides = ["--set", f"shards={shards}", "--set", f"runs_dir={runs}", "--set", f"seed={seed}"]
     for stage in ("pretrain", "train", "posttrain"):
-        _step(f"{stage} stage", trainer, ["run", "--stage", stage, "--config", str(CONFIG), *overrides])
+        _step(
+            f"{stage} stage",
+            trainer,
+            "train",
+            ["run", "--stage", stage, "--config", str(CONFIG), *overrides],
+        )
     ckpt = runs / "demo" / "posttrain" / "final.pt"
-    _step("evaluate (test split, 15 subsets)", trainer,
-          ["evaluate", "--checkpoint", str(ckpt), "--split", "test", "--shards", str(shards),
-           "--out", str(out / "evaluation")])
-    click.secho(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; outputs in {out}/", bold=True)
+    _step(
+        "evaluate (test split, 15 subsets)",
+        trainer,
+        "train",
+        [
+            "evaluate",
+            "--checkpoint",
+            str(ckpt),
+            "--split",
+            "test",
+            "--shards",
+            str(shards),
+            "--out",
+            str(out / "evaluation"),
+        ],
+    )
+    click.secho(
+        f"\ndemo finished in {time.perf_counter() - t0:.0f} s; outputs in {out}/", bold=True
+    )
 
 
 def _first_synthetic_sample(shards: Path) -> str:

@@ -6,10 +6,12 @@ image.  The mask is turned into a smooth occupancy field (block mean over
 the weighted mean of that field at the mirrored positions of the brain's
 voxels (a soft mask Dice that varies smoothly with sub-voxel offsets).  The
 search runs coarse to fine (``f = 4`` grid scans then pattern search, ``f = 2``
-pattern search); only voxels near the outline are scored at the fine level,
-since deep interior voxels score 1 for every candidate plane.  The final plane
-is checked with the exact (nearest-neighbour) mask Dice at full resolution and
-replaced by the plain flip whenever it does not beat it.
+pattern search at 240x240x155; ``f = 2`` then 1 on small grids, with fewer
+scored points, so the cost shrinks with the volume); only voxels near the
+outline are scored at the fine level, since deep interior voxels score 1 for
+every candidate plane.  The final plane is checked with the exact
+(nearest-neighbour) mask Dice at full resolution and replaced by the plain
+flip whenever it does not beat it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ Params = npt.NDArray[np.float64]  # (offset voxels, yaw degrees, roll degrees)
 
 # Scored sample points per level at most: bounds the cost of one evaluation.
 MAX_POINTS = 60_000
+# ... and at most one per VOXELS_PER_POINT voxels of the full grid (but never
+# fewer than MIN_POINTS), so small volumes cost less than BraTS-size ones.
+VOXELS_PER_POINT = 12
+MIN_POINTS = 12_000
+# The coarse level keeps at least this many voxels (a factor of 4 at 240x240x155).
+MIN_COARSE_VOXELS = 8_000
 
 
 @dataclass(frozen=True)
@@ -150,9 +158,10 @@ def _level(mask: BoolArray, spacing: Spacing, factor: int, band: int | None) -> 
     # because only off-grid reads pay the smoothing of linear interpolation.
     rng = np.random.default_rng(0)
     points = np.argwhere(keep).astype(np.float64)
-    if len(points) > MAX_POINTS:
+    cap = _max_points(mask.shape)
+    if len(points) > cap:
         # A fixed random subset: the score is a mean, so this only adds a little noise.
-        points = points[np.sort(rng.choice(len(points), MAX_POINTS, replace=False))]
+        points = points[np.sort(rng.choice(len(points), cap, replace=False))]
     points += rng.uniform(-0.5, 0.5, size=points.shape)
     weights = ndimage.map_coordinates(
         field, points.T, order=1, mode="grid-constant", prefilter=False
@@ -161,10 +170,22 @@ def _level(mask: BoolArray, spacing: Spacing, factor: int, band: int | None) -> 
     return _Level(factor, field, points, weights / weights.sum(), mask.shape, spacing)
 
 
+def _max_points(shape: tuple[int, ...]) -> int:
+    """Points scored per level: ``MAX_POINTS`` at BraTS size, fewer for small grids."""
+    voxels = int(np.prod(shape))
+    return min(MAX_POINTS, max(MIN_POINTS, voxels // VOXELS_PER_POINT))
+
+
 def _factors(shape: tuple[int, ...]) -> tuple[int, int]:
-    """Coarse and fine downsampling factors: the coarse grid keeps >= ~100k voxels."""
+    """Coarse and fine downsampling factors (4 and 2 at 240x240x155).
+
+    The coarse factor is the largest of 4, 2, 1 leaving the coarse grid at
+    least ``MIN_COARSE_VOXELS`` voxels, so the scans run on a coarse grid at
+    every size (a fixed full-resolution fallback made small volumes the
+    slowest); the fine factor is half of it.
+    """
     voxels = float(np.prod(shape))
-    coarse = next(f for f in (4, 2, 1) if voxels / f**3 >= 1e5 or f == 1)
+    coarse = next(f for f in (4, 2, 1) if voxels / f**3 >= MIN_COARSE_VOXELS or f == 1)
     return coarse, max(1, coarse // 2)
 
 

@@ -25,7 +25,9 @@ from .types import Box
 __all__ = [
     "MirrorPlane",
     "Spacing",
+    "padded_box",
     "reflect",
+    "reflect_box",
     "reflect_points",
     "reflected_box",
     "reflection_affine",
@@ -145,7 +147,8 @@ def reflected_box(box: Box, plane: MirrorPlane, shape: tuple[int, ...], spacing:
     return tuple((max(0, int(a)), min(d, int(b))) for a, b, d in zip(lo, hi, dims, strict=True))  # type: ignore[return-value]
 
 
-def _padded(box: Box, shape: tuple[int, ...]) -> Box:
+def padded_box(box: Box, shape: tuple[int, ...]) -> Box:
+    """``box`` grown by the interpolation margin (2 voxels) on every side, clipped to ``shape``."""
     dims = shape[-3:]
     return tuple(  # type: ignore[return-value]
         (max(0, a - _PAD), min(d, b + _PAD)) for (a, b), d in zip(box, dims, strict=True)
@@ -154,6 +157,98 @@ def _padded(box: Box, shape: tuple[int, ...]) -> Box:
 
 def _slices(box: Box) -> tuple[slice, slice, slice]:
     return (slice(*box[0]), slice(*box[1]), slice(*box[2]))
+
+
+def _flip_box(box: Box, shape: tuple[int, ...]) -> Box:
+    x = shape[-3]
+    return ((x - box[0][1], x - box[0][0]), box[1], box[2])
+
+
+def reflect_box(
+    crop: npt.NDArray[Any],
+    box: Box,
+    plane: MirrorPlane,
+    shape: tuple[int, ...],
+    spacing: Spacing = (1.0, 1.0, 1.0),
+    *,
+    order: int,
+) -> tuple[Box, npt.NDArray[Any]]:
+    """Reflect a volume given only on a box, zero outside it; return the box it lands in.
+
+    The result equals the crop of ``reflect(full, plane, spacing, order=order)``
+    to the returned box, where ``full`` is ``crop`` pasted into zeros of grid
+    ``shape`` (that volume is zero outside the returned box).  ``box`` should
+    include a zero margin of two voxels around the support, as :func:`reflect`
+    pads its ``support``, for the cropped interpolation to see every neighbour.
+
+    Parameters
+    ----------
+    crop : ndarray, (X', Y', Z') or (C, X', Y', Z')
+        The volume on ``box``; dtype rules as for :func:`reflect`.
+    box : Box
+        Half-open voxel ranges of ``crop`` in the grid, axes ``(x, y, z)``.
+    plane : MirrorPlane
+    shape : tuple of int
+        Grid shape; only the last three (spatial) entries are used.
+    spacing : tuple of float
+        Voxel size in mm along ``(x, y, z)``.
+    order : int
+        0 (nearest, masks and labels) or 1 (linear, images).
+
+    Returns
+    -------
+    out_box : Box
+        Where the reflection lands (clipped to the grid; may be empty).
+    out : ndarray
+        The reflection on ``out_box``, float32 for ``order >= 1``, else ``crop.dtype``.
+    """
+    if crop.ndim not in (3, 4):
+        raise ValueError(f"reflect needs a (X,Y,Z) or (C,X,Y,Z) volume, got shape {crop.shape}")
+    if order not in (0, 1):
+        raise ValueError(f"reflect supports order 0 (nearest) or 1 (linear), got {order}")
+    if crop.shape[-3:] != tuple(b - a for a, b in box):
+        raise ValueError(f"reflect_box: crop shape {crop.shape} does not match box {box}")
+    _check_spacing(spacing)
+    if plane.is_flip:
+        return _flip_box(box, shape), np.ascontiguousarray(np.flip(crop, axis=-3))
+    out_dtype = np.float32 if order >= 1 else crop.dtype
+    work = crop.astype(np.uint8) if crop.dtype == np.bool_ else crop
+    if order >= 1:
+        work = work.astype(np.float32, copy=False)
+    channels = work.reshape((-1, *work.shape[-3:]))
+    out_box = reflected_box(box, plane, shape, spacing)
+    out_shape = tuple(max(0, b - a) for a, b in out_box)
+    out = np.zeros((channels.shape[0], *out_shape), dtype=work.dtype)
+    if 0 in out_shape:
+        return out_box, out.reshape((*crop.shape[:-3], *out_shape)).astype(out_dtype, copy=False)
+    matrix, shift = reflection_affine(plane, shape, spacing)
+    o_in = np.array([a for a, _ in box], dtype=np.float64)
+    o_out = np.array([a for a, _ in out_box], dtype=np.float64)
+    _resample(channels, out, matrix, matrix @ o_out + shift - o_in, order)
+    return out_box, out.reshape((*crop.shape[:-3], *out_shape)).astype(out_dtype, copy=False)
+
+
+def _resample(
+    channels: npt.NDArray[Any],
+    out: npt.NDArray[Any],
+    matrix: npt.NDArray[np.float64],
+    offset: npt.NDArray[np.float64],
+    order: int,
+) -> None:
+    # One 3-D transform per channel: a 4-D transform would interpolate along the
+    # channel axis too (16 neighbours instead of 8) for no benefit.
+    for c in range(channels.shape[0]):
+        ndimage.affine_transform(
+            channels[c],
+            matrix,
+            offset=offset,
+            output_shape=out.shape[1:],
+            output=out[c],
+            order=order,
+            mode="grid-constant",
+            cval=0.0,
+            prefilter=False,
+        )
 
 
 def reflect(
@@ -196,6 +291,20 @@ def reflect(
     _check_spacing(spacing)
     if plane.is_flip:
         return np.ascontiguousarray(np.flip(volume, axis=-3))
+    if support is None:
+        return _reflect_full(volume, plane, spacing, order)
+    in_box = padded_box(support, volume.shape)
+    out_box, moved = reflect_box(
+        volume[(..., *_slices(in_box))], in_box, plane, volume.shape, spacing, order=order
+    )
+    out = np.zeros(volume.shape, dtype=moved.dtype)
+    out[(..., *_slices(out_box))] = moved
+    return out
+
+
+def _reflect_full(
+    volume: npt.NDArray[Any], plane: MirrorPlane, spacing: Spacing, order: int
+) -> npt.NDArray[Any]:
     out_dtype = np.float32 if order >= 1 else volume.dtype
     work = volume.astype(np.uint8) if volume.dtype == np.bool_ else volume
     if order >= 1:
@@ -203,26 +312,5 @@ def reflect(
     channels = work.reshape((-1, *work.shape[-3:]))
     out = np.zeros(channels.shape, dtype=work.dtype)
     matrix, shift = reflection_affine(plane, volume.shape, spacing)
-    full: Box = tuple((0, d) for d in volume.shape[-3:])  # type: ignore[assignment]
-    in_box = _padded(support, volume.shape) if support is not None else full
-    out_box = reflected_box(in_box, plane, volume.shape, spacing) if support is not None else full
-    if any(b <= a for a, b in out_box):
-        return out.reshape(volume.shape).astype(out_dtype, copy=False)
-    o_in = np.array([a for a, _ in in_box], dtype=np.float64)
-    o_out = np.array([a for a, _ in out_box], dtype=np.float64)
-    crop_shift = matrix @ o_out + shift - o_in
-    src, dst = _slices(in_box), _slices(out_box)
-    # One 3-D transform per channel: a 4-D transform would interpolate along the
-    # channel axis too (16 neighbours instead of 8) for no benefit.
-    for c in range(channels.shape[0]):
-        out[c][dst] = ndimage.affine_transform(
-            channels[c][src],
-            matrix,
-            offset=crop_shift,
-            output_shape=tuple(b - a for a, b in out_box),
-            order=order,
-            mode="grid-constant",
-            cval=0.0,
-            prefilter=False,
-        )
+    _resample(channels, out, matrix, shift, order)
     return out.reshape(volume.shape).astype(out_dtype, copy=False)

@@ -5,10 +5,11 @@ Two kinds of task (DESIGN §6):
 * :func:`prepare_case`: load one case, z-score it in the full canonical grid,
   calibrate its mirror plane and write the per-case intermediate file
   (:mod:`aem_synth.cache`); returns only a small :class:`CaseSummary`.
-* :func:`run_shard`: read the intermediates it needs, build its samples one
-  at a time (real: crop; synthetic: AEM / mixup synthesis, then crop to the
-  anatomy's brain box) and write exactly one shard with
-  :func:`aem_synth.shards.write_shard`, then its completion record.
+* :func:`run_shard`: read the intermediates it needs (kept cropped to their
+  brain boxes), build its samples one at a time (real: the crop; synthetic:
+  AEM / mixup synthesis directly on the anatomy's brain box) and write
+  exactly one shard with :func:`aem_synth.shards.write_shard`, then its
+  completion record.
 
 Completion records (``<shard>.done.json``) are written after the shard's
 atomic rename and hold its sha256, sample ids and the plan fingerprint; a
@@ -39,7 +40,7 @@ from aem_synth.shards import (
     sha256_file,
     write_shard,
 )
-from aem_synth.types import CaseRecord
+from aem_synth.types import Box, CaseRecord
 
 __all__ = [
     "CaseFailure",
@@ -211,7 +212,7 @@ def _real_samples(spec: ShardSpec, work: Path) -> Iterator[Sample]:
 
 
 class _CaseCache:
-    """The last ``size`` cases read, so consecutive pairs sharing A read it once."""
+    """The last ``size`` cases read (cropped to their brain box), so pairs sharing A read it once."""
 
     def __init__(self, work: Path, size: int = 2) -> None:
         self.work = work
@@ -222,7 +223,7 @@ class _CaseCache:
         if case_id in self._cases:
             self._cases.move_to_end(case_id)
             return self._cases[case_id]
-        case = read_case(self.work, case_id)
+        case = read_case(self.work, case_id, full_grid=False)
         self._cases[case_id] = case
         while len(self._cases) > self.size:
             self._cases.popitem(last=False)
@@ -237,13 +238,17 @@ def synthesise(
     mode: str,
     method: str,
     diversity: bool,
+    box: Box | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """One synthetic sample in the full grid.
+    """One synthetic sample, on ``box`` of the canonical grid (default: the whole grid).
+
+    ``anatomy`` and ``donor`` may be full-grid or cropped to their brain box
+    (:func:`synthesis_input`); the arrays are the same either way.
 
     Returns
     -------
-    image : ndarray, float32, (4, X, Y, Z)
-    label : ndarray, uint8, (X, Y, Z)
+    image : ndarray, float32, (4, bx, by, bz)
+    label : ndarray, uint8, (bx, by, bz)
     params : dict
         ``SynthesisParams.to_dict()``: replaying it gives the same arrays.
     """
@@ -256,20 +261,28 @@ def synthesise(
     params = sample_params(
         Pair(**pair), plane, mode=cast(Any, mode), method=cast(Any, method), diversity=diversity
     )
-    image, label = apply(params, synthesis_input(anatomy), synthesis_input(donor))
+    image, label = apply(params, synthesis_input(anatomy), synthesis_input(donor), box=box)
     return image, label, jsonable(params.to_dict())
 
 
 def synthesis_input(case: CachedCase) -> Any:
-    """The :class:`aem_synth.synthesis.SynthesisInput` of a prepared case."""
+    """The :class:`aem_synth.synthesis.SynthesisInput` of a prepared case.
+
+    A case read with ``full_grid=False`` (arrays shaped like its brain box)
+    becomes a crop at the box's origin; otherwise a full-grid input.
+    """
     from aem_synth.synthesis import SynthesisInput
 
+    summary = case.summary
+    cropped = tuple(case.mask.shape) != tuple(summary.full_shape)
     return SynthesisInput(
-        case_id=case.summary.case_id,
+        case_id=summary.case_id,
         image=case.image,
         label=case.label,
         brain_mask=case.mask,
-        spacing=case.summary.spacing,
+        spacing=summary.spacing,
+        origin=tuple(a for a, _ in summary.box) if cropped else (0, 0, 0),  # type: ignore[arg-type]
+        grid=summary.full_shape,
     )
 
 
@@ -278,8 +291,15 @@ def _synthetic_samples(spec: ShardSpec, work: Path) -> Iterator[Sample]:
     for sample_id, pair in spec.items:
         a = cache.get(pair["anatomy"])
         b = cache.get(pair["donor"])
+        # The sample is stored cropped to A's brain box: only that box is built.
         image, label, params = synthesise(
-            pair, a, b, mode=spec.mode, method=spec.method, diversity=spec.diversity
+            pair,
+            a,
+            b,
+            mode=spec.mode,
+            method=spec.method,
+            diversity=spec.diversity,
+            box=a.summary.box,
         )
         # Channels absent in A or B (only with --allow-incomplete) stay absent.
         present = [
@@ -288,7 +308,6 @@ def _synthetic_samples(spec: ShardSpec, work: Path) -> Iterator[Sample]:
         for c, ok in enumerate(present):
             if not ok:
                 image[c] = 0.0
-        sl = (slice(None), *(slice(lo, hi) for lo, hi in a.summary.box))
         meta = {
             "kind": "synthetic",
             "sample_id": sample_id,
@@ -300,7 +319,7 @@ def _synthetic_samples(spec: ShardSpec, work: Path) -> Iterator[Sample]:
             "present": present,
             "params": params,
         }
-        yield Sample(sample_id, image[sl], label[sl[1:]], meta)
+        yield Sample(sample_id, image, label, meta)
         del image, label
 
 

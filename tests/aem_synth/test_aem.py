@@ -137,3 +137,48 @@ def test_mode_and_shape_errors() -> None:
         asymmetric_error_map(img, PLANE, mode="squared")  # type: ignore[arg-type]
     with pytest.raises(CaseError, match="donor7: image must have shape \\(4, X, Y, Z\\)"):
         tumour_part(img[:3], np.zeros(SHAPE, np.uint8), PLANE, case_id="donor7")
+
+
+def test_tumour_part_box_is_the_tumour_bbox_of_the_full_part_for_a_crop() -> None:
+    from aem_synth.aem import tumour_part_box
+
+    brain = _brain()
+    img = _image(4, brain)
+    label = np.zeros(SHAPE, np.uint8)
+    label[_ball((9, 14, 10), 4)] = 2
+    label[_ball((9, 14, 10), 2)] = 3
+    full = tumour_part(img, label, PLANE, brain_mask_b=brain)
+    sl = (slice(2, 30), slice(3, 26), slice(1, 19))  # a crop containing the whole brain
+    part = tumour_part_box(
+        img[(slice(None), *sl)],
+        label[sl],
+        PLANE,
+        brain_mask_b=brain[sl],
+        origin=(2, 3, 1),
+        grid=SHAPE,
+    )
+    assert part is not None
+    idx = np.argwhere(label > 0)
+    assert part.box == tuple(
+        (int(a), int(b) + 1) for a, b in zip(idx.min(0), idx.max(0), strict=True)
+    )
+    box_sl = tuple(slice(a, b) for a, b in part.box)
+    assert part.image.tobytes() == full[(slice(None), *box_sl)].tobytes()
+    np.testing.assert_array_equal(part.label, label[box_sl])
+    assert tumour_part_box(img, np.zeros(SHAPE, np.uint8), PLANE) is None
+    with pytest.raises(CaseError, match=r"d9: crop of shape .* at \(5, 0, 0\) does not fit"):
+        tumour_part_box(img, label, PLANE, origin=(5, 0, 0), grid=SHAPE, case_id="d9")
+
+
+def test_transfer_box_rejects_bad_labels_and_shapes() -> None:
+    from aem_synth.aem import transfer_box
+
+    img = np.zeros((4, *SHAPE), np.float32)
+    lab = np.zeros(SHAPE, np.uint8)
+    box = tuple((0, d) for d in SHAPE)
+    with pytest.raises(CaseError, match=r"caseA: label value 4 outside the internal labels"):
+        transfer_box(img, lab + 4, lab > 0, None, box, anatomy_id="caseA")  # type: ignore[arg-type]
+    with pytest.raises(CaseError, match=r"caseA: brain mask shape .* does not match image grid"):
+        transfer_box(img, lab, (lab > 0)[:-1], None, box, anatomy_id="caseA")  # type: ignore[arg-type]
+    out, out_label = transfer_box(img, lab, lab == 0, None, box)  # type: ignore[arg-type]
+    assert out.shape == img.shape and not out.any() and not out_label.any()

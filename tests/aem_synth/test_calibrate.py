@@ -100,3 +100,16 @@ def test_real_cases_never_below_flip(brats_samples: Path) -> None:
         assert mask is not None
         result = calibrate(mask)
         assert result.dice_plane >= result.dice_flip, case.name
+
+
+def test_search_cost_follows_the_grid_size() -> None:
+    from aem_synth.calibrate import MAX_POINTS, _factors, _max_points
+
+    # BraTS size keeps the benchmarked search (coarse 4, fine 2, MAX_POINTS per level) ...
+    assert _factors((240, 240, 155)) == (4, 2) and _max_points((240, 240, 155)) == MAX_POINTS
+    # ... and small grids scan on a coarse grid too, with fewer scored points.
+    assert _factors(SHAPE) == (2, 1) and _factors((48, 48, 32)) == (2, 1)
+    assert _factors((16, 16, 12)) == (1, 1)
+    sizes = [(32, 32, 20), SHAPE, (128, 128, 80), (240, 240, 155)]
+    points = [_max_points(s) for s in sizes]
+    assert points == sorted(points) and points[0] < points[-1]

@@ -100,3 +100,35 @@ def test_plane_dict_round_trip() -> None:
     plane = MirrorPlane(offset=-1.25, yaw=3.5, roll=-0.75)
     assert MirrorPlane.from_dict(plane.to_dict()) == plane
     np.testing.assert_allclose(np.linalg.norm(plane.normal()), 1.0)
+
+
+@pytest.mark.parametrize(
+    "plane", [MirrorPlane(), MirrorPlane(offset=-0.7, yaw=2.5, roll=1.5)], ids=["flip", "tilted"]
+)
+def test_reflect_box_is_the_landing_box_of_the_full_reflection(plane: MirrorPlane) -> None:
+    from aem_synth.mirror import padded_box, reflect_box
+
+    img = np.zeros((2, *SHAPE), dtype=np.float32)
+    img[:, 3:9, 5:12, 4:10] = _smooth(4, (6, 7, 6)) + 2.0
+    box = padded_box(((3, 9), (5, 12), (4, 10)), SHAPE)
+    crop = img[(slice(None), *(slice(a, b) for a, b in box))]
+    out_box, moved = reflect_box(crop, box, plane, SHAPE, order=1)
+    full = reflect(img, plane, order=1, support=((3, 9), (5, 12), (4, 10)))
+    inside = tuple(slice(a, b) for a, b in out_box)
+    assert moved.dtype == np.float32
+    assert moved.tobytes() == full[(slice(None), *inside)].tobytes()
+    outside = full.copy()
+    outside[(slice(None), *inside)] = 0.0
+    assert not outside.any()  # nothing lands outside the returned box
+
+
+def test_reflect_box_leaving_the_grid_is_empty_and_shape_is_checked() -> None:
+    from aem_synth.mirror import reflect_box
+
+    crop = np.ones((3, 4, 4), dtype=np.uint8)
+    box = ((0, 3), (8, 12), (6, 10))
+    out_box, moved = reflect_box(crop, box, MirrorPlane(offset=11.0), SHAPE, order=0)
+    assert moved.size == 0 and moved.dtype == np.uint8
+    assert any(b <= a for a, b in out_box)
+    with pytest.raises(ValueError, match=r"crop shape \(3, 4, 4\) does not match box"):
+        reflect_box(crop, ((0, 4), (8, 12), (6, 10)), MirrorPlane(yaw=1.0), SHAPE, order=0)

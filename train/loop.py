@@ -37,6 +37,7 @@ from aem_synth.types import REGIONS
 from train.augment import BatchAugment
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.config import Config, StageConfig, config_to_dict
+from train.data import batch_to_device
 from train.distributed import DistInfo, all_reduce_mean, autocast_dtype, barrier, wrap_model
 from train.optim import build_optimizer, poly_lr, set_lr
 from train.plots import MetricsLog, plot_loss_curve
@@ -279,8 +280,9 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp)
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        keys = ("image", "label", "mask")
-        return {k: batch[k].to(self.device, non_blocking=True) for k in keys}
+        # Batches arrive compact (float16 / uint8) and are widened on the device.
+        b = batch_to_device(batch, self.device)
+        return {k: b[k] for k in ("image", "label", "mask")}
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One optimiser step on ``batch``; returns the rank-averaged loss parts as floats."""
@@ -356,9 +358,10 @@ class Trainer:
         with torch.no_grad(), self._autocast():
             for i in range(len(data)):
                 item = data[(0, i)]
-                image = item["image"][None].to(self.device)
-                label = item["label"][None].to(self.device)
-                mask = item["mask"][None].to(self.device)
+                b = batch_to_device(
+                    {k: item[k][None] for k in ("image", "label", "mask")}, self.device
+                )
+                image, label, mask = b["image"], b["label"], b["mask"]
                 out = self.model(image, mask)
                 losses.append(float(self.plan.seg_loss(out, label, modality_mask=mask)[0]))
                 logits.append(out.logits.float().cpu())

@@ -140,7 +140,12 @@ def _datasets(cfg: Config, stage: str, world_size: int) -> tuple[CropDataset, Cr
     kind = AllModalityCrops if stage == "posttrain" else CropDataset
     per_epoch = sc.iters_per_epoch * sc.batch_size * world_size
     train = kind(
-        refs, crop=d.crop, tumour_share=d.tumour_share, seed=cfg.seed, samples_per_epoch=per_epoch
+        refs,
+        crop=d.crop,
+        tumour_share=d.tumour_share,
+        seed=cfg.seed,
+        samples_per_epoch=per_epoch,
+        compact=True,
     )
     val = None
     if d.val_crops > 0 and sc.validate_every > 0:
@@ -151,6 +156,7 @@ def _datasets(cfg: Config, stage: str, world_size: int) -> tuple[CropDataset, Cr
                 tumour_share=d.tumour_share,
                 seed=cfg.seed + 1,
                 samples_per_epoch=d.val_crops,
+                compact=True,
             )
         except ShardError as exc:
             log.warning("validation disabled: %s", exc)

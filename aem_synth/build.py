@@ -109,7 +109,7 @@ class BuildOptions:
     mode: str = "signed"
     method: str = "aem"
     workers: int | None = None
-    shard_size: int = 16
+    shard_size: int = 8
     splits_dir: Path | None = None
     scheduler: str | None = None
     layout: str | None = None
@@ -445,6 +445,9 @@ def _run_shards(client: Any, state: _State, specs: list[ShardSpec]) -> tuple[lis
             done[spec.file] = info
         else:
             todo.append(spec)
+    # Longest tasks first (synthetic before real, fuller before emptier): the
+    # scheduler runs them roughly in submission order, so the tail stays short.
+    todo.sort(key=lambda s: (s.kind == "synthetic", len(s.items)), reverse=True)
     futures = {
         client.submit(
             run_shard,

@@ -101,7 +101,7 @@ def phantom_cmd(out: Path, n_cases: int, layout: str, seed: int, shape: str) -> 
 )
 @click.option(
     "--shard-size",
-    default=16,
+    default=8,
     show_default=True,
     type=click.IntRange(min=1),
     help="Samples per shard.",

@@ -88,7 +88,13 @@ def _codec_kwargs(name: str) -> dict[str, Any]:
 
 
 CODECS: tuple[str, ...] = (
-    "none", "gzip", "blosc-lz4-5", "blosc-zstd-3", "blosc2-lz4-5", "blosc2-zstd-1", "blosc2-zstd-3",
+    "none",
+    "gzip",
+    "blosc-lz4-5",
+    "blosc-zstd-3",
+    "blosc2-lz4-5",
+    "blosc2-zstd-1",
+    "blosc2-zstd-3",
 )
 # Chosen by benchmarks/bench_codecs.py on a real BraTS case (140x190x137 crop): within 10 %
 # of the smallest file (11.2 vs 10.7 MB) and of the fastest 80^3 crop read (33 ms), the
@@ -130,14 +136,20 @@ class ShardInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "file": self.file, "kind": self.kind, "split": self.split,
-            "samples": list(self.samples), "n_samples": len(self.samples),
-            "sha256": self.sha256, "bytes": self.bytes,
+            "file": self.file,
+            "kind": self.kind,
+            "split": self.split,
+            "samples": list(self.samples),
+            "n_samples": len(self.samples),
+            "sha256": self.sha256,
+            "bytes": self.bytes,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ShardInfo:
-        return cls(d["file"], d["kind"], d["split"], tuple(d["samples"]), d["sha256"], int(d["bytes"]))
+        return cls(
+            d["file"], d["kind"], d["split"], tuple(d["samples"]), d["sha256"], int(d["bytes"])
+        )
 
 
 @dataclass(frozen=True)
@@ -148,7 +160,9 @@ class SampleRef:
     sample_id: str
 
 
-def foreground_index(label: LabelArray, max_per_class: int = MAX_FG_PER_CLASS) -> dict[int, np.ndarray]:
+def foreground_index(
+    label: LabelArray, max_per_class: int = MAX_FG_PER_CLASS
+) -> dict[int, np.ndarray]:
     """Evenly strided positions of each tumour class.
 
     Returns
@@ -230,12 +244,18 @@ def write_shard(
         if tmp.exists():
             tmp.unlink()
     return ShardInfo(
-        file=path.relative_to(root).as_posix(), kind=kind, split=split, samples=tuple(ids),
-        sha256=sha256_file(path), bytes=path.stat().st_size,
+        file=path.relative_to(root).as_posix(),
+        kind=kind,
+        split=split,
+        samples=tuple(ids),
+        sha256=sha256_file(path),
+        bytes=path.stat().st_size,
     )
 
 
-def _write_sample(grp: h5py.Group, s: Sample, comp: dict[str, Any], chunk: tuple[int, int, int]) -> None:
+def _write_sample(
+    grp: h5py.Group, s: Sample, comp: dict[str, Any], chunk: tuple[int, int, int]
+) -> None:
     if "/" in s.sample_id or s.sample_id in grp:
         raise ShardError(f"sample id {s.sample_id!r} is not unique or contains '/'")
     if s.image.ndim != 4 or s.image.shape[0] != 4 or s.image.shape[1:] != s.label.shape:

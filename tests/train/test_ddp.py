@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from tests.train.test_stages import make_store, read_rows, tiny_config_file
+from tests.train.helpers import make_store, read_rows, tiny_config_file
 from train.config import load_config
 from train.distributed import DistInfo, init_distributed
 from train.stages import build_model

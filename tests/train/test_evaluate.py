@@ -13,10 +13,13 @@ import torch
 from click.testing import CliRunner
 
 from aem_synth.shards import SCHEMA_VERSION, Sample, write_manifest, write_shard
+from tests.train.helpers import save_tiny_checkpoint
 from train.evaluate import EvaluationOptions, evaluate, evaluate_model
 from train.metrics import HD95_EMPTY_MM
 from train.sliding_window import WindowOptions
 from train.subsets import ALL_SUBSETS
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SHAPE = (24, 24, 16)
 SMALL = EvaluationOptions(window=WindowOptions((16, 16, 16), 0.5, batch_size=4), device="cpu")
@@ -48,15 +51,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     write_manifest(root, {"schema_version": SCHEMA_VERSION, "shards": [info.to_dict()]})
     return root
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads; on a loaded 2-core machine they thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @dataclass
@@ -158,23 +152,12 @@ def test_missing_split_and_wrong_class_count(store: Path) -> None:
 
 @pytest.fixture(scope="module")
 def checkpoint(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from train.checkpoint import save_checkpoint
     from train.models import build_backbone
 
     torch.manual_seed(0)
     model = build_backbone("rfnet", num_classes=4, base_channels=4)
     path = tmp_path_factory.mktemp("ckpt") / "final.pt"
-    return save_checkpoint(
-        path,
-        {
-            "stage": "train",
-            "backbone": "rfnet",
-            "backbone_kwargs": model.init_args,
-            "num_classes": 4,
-            "model": model.state_dict(),
-            "config": {"shards": str(store)},
-        },
-    )
+    return save_tiny_checkpoint(path, model, {"shards": str(store)})
 
 
 def test_evaluate_checkpoint_uses_its_shards(checkpoint: Path, tmp_path: Path) -> None:

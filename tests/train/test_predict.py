@@ -12,21 +12,15 @@ import torch
 from click.testing import CliRunner
 
 from aem_synth.errors import CaseError
+from tests.train.helpers import save_tiny_checkpoint
 from train.predict import FolderPrediction, describe_mask, predict, predict_case, predict_folder
 from train.sliding_window import WindowOptions
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REAL_CASE = "Brats18_2013_2_1"
 AFFINE = np.array([[-1.0, 0, 0, 31], [0, -1.0, 0, 31], [0, 0, 1.0, 0], [0, 0, 0, 1]])
 SMALL_WINDOW = WindowOptions((16, 16, 16), 0.0, batch_size=4)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads; on a loaded 2-core machine they thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +33,9 @@ def model() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def checkpoint(model: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from train.checkpoint import save_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "final.pt"
-    return save_checkpoint(
-        path,
-        {
-            "stage": "train",
-            "backbone": "rfnet",
-            "backbone_kwargs": model.init_args,
-            "num_classes": 4,
-            "model": model.state_dict(),
-            "config": {},
-        },
-    )
+    return save_tiny_checkpoint(path, model, {})
 
 
 def write_case(root: Path, case_id: str, modalities: tuple[str, ...], shape=(32, 28, 24)) -> Path:

@@ -7,16 +7,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.train.test_stages import make_store, read_rows, tiny_config_file
+from tests.train.helpers import make_store, read_rows, tiny_config_file
 from train.checkpoint import load_checkpoint
 from train.config import load_config
 from train.stages import run_stage
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 OVERRIDES = [
     "stage.pretrain.epochs=3",
@@ -24,14 +25,6 @@ OVERRIDES = [
     "stage.pretrain.checkpoint_every=1",
     "stage.pretrain.validate_every=0",
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _command(config: Path) -> list[str]:

@@ -19,18 +19,11 @@ from train.sliding_window import (
 )
 from train.subsets import ALL_SUBSETS
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 W = torch.tensor(
     [[0.5, -1.0, 0.3, 0.2], [1.0, 0.4, -0.7, 0.1], [-0.2, 0.9, 0.6, -1.1], [0.3, 0.2, 1.2, 0.8]]
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads; on a loaded 2-core machine they thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @dataclass

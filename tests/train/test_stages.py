@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -10,114 +9,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from aem_synth.shards import SCHEMA_VERSION, Sample, write_manifest, write_shard
+from tests.train.helpers import make_store, read_rows, tiny_config_file
 from train.checkpoint import load_checkpoint
 from train.cli import main as train_cli
 from train.config import Config, load_config
 from train.loop import NonFiniteLossError
 from train.stages import StageError, resolve_init, run_stage
 
-SHAPE = (40, 40, 32)
-TINY = """
-name = "tiny"
-shards = "{shards}"
-runs_dir = "{runs}"
-seed = 3
-device = "cpu"
-workers = 0
-
-[model]
-base_channels = 4
-
-[data]
-crop = [16, 16, 16]
-tumour_share = 1.0
-val_crops = 2
-
-[augment]
-rotate_deg = 5.0
-
-[stage.pretrain]
-epochs = 2
-iters_per_epoch = 2
-batch_size = 1
-checkpoint_every = 1
-validate_every = 1
-
-[stage.train]
-epochs = 1
-iters_per_epoch = 2
-batch_size = 1
-validate_every = 1
-
-[stage.posttrain]
-epochs = 2
-iters_per_epoch = 2
-batch_size = 1
-kd_refresh_every = 1
-validate_every = 2
-"""
-
-
-def tiny_sample(sample_id: str, seed: int) -> Sample:
-    """A 40x40x32 brain-like volume: noisy ellipsoid, a tumour ball with ED/NCR/ET shells."""
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in SHAPE], indexing="ij"))
-    centre = np.array(SHAPE)[:, None, None, None] / 2
-    brain = (((grid - centre) / (np.array(SHAPE)[:, None, None, None] * 0.45)) ** 2).sum(0) < 1
-    tc = rng.integers(12, 28, size=3)[:, None, None, None]
-    r = np.sqrt(((grid - tc) ** 2).sum(0))
-    label = np.select([r < 2.5, r < 4.5, r < 7], [1, 3, 2], 0).astype(np.uint8) * brain
-    image = rng.normal(0, 0.3, size=(4, *SHAPE)).astype(np.float32)
-    contrast = np.array(
-        [[0, 0.5, -0.5, 2.0], [0, -1, -0.5, 0.5], [0, 0.5, 2.5, 0.5], [0, 0.5, 0, 2.0]]
-    )
-    image += contrast[:, label]
-    image *= brain
-    meta = {"present": [True] * 4, "case_id": sample_id}
-    return Sample(sample_id, image, label, meta)
-
-
-def make_store(root: Path, n_real: int = 3, n_synth: int = 3, n_val: int = 1) -> Path:
-    """A complete shard store (manifest included) with real train/val and synthetic samples."""
-    infos = []
-    groups = {
-        ("real", "train", "real/train-00000.h5"): n_real,
-        ("real", "val", "real/val-00000.h5"): n_val,
-        ("synthetic", "train", "synthetic/aem-00000.h5"): n_synth,
-    }
-    seed = 0
-    for (kind, split, name), n in groups.items():
-        samples = []
-        for i in range(n):
-            samples.append(tiny_sample(f"{kind}-{split}-{i}", seed))
-            seed += 1
-        infos.append(
-            write_shard(root / name, samples, root=root, kind=kind, split=split, chunk=(16, 16, 16))
-        )
-    write_manifest(root, {"schema_version": SCHEMA_VERSION, "shards": [i.to_dict() for i in infos]})
-    return root
-
-
-def tiny_config_file(tmp: Path, store: Path, extra: str = "") -> Path:
-    """Write the tiny TOML config next to ``tmp/runs`` and return its path."""
-    path = tmp / "tiny.toml"
-    path.write_text(TINY.format(shards=store.as_posix(), runs=(tmp / "runs").as_posix()) + extra)
-    return path
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> object:
-    """One intra-op thread: the tiny convolutions gain nothing from more on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,9 @@ def _fail(exc: Exception) -> None:
 @click.version_option(__version__, prog_name="aem-synth")
 def main() -> None:
     """Build AEM synthetic pre-training shards from a BraTS dataset."""
+    from aem_synth.allocator import tune_allocator
+
+    tune_allocator()
 
 
 @main.command("inspect")

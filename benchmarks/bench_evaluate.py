@@ -84,6 +84,22 @@ def time_encode_decode(
     return t1 - t0, t2 - t1
 
 
+def count_flops(model: torch.nn.Module, window: int) -> tuple[float, float]:
+    """Floating-point operations (GFLOP) of one encode and one decode of a window."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros((1, 4, window, window, window))
+    mask = torch.ones((1, 4), dtype=torch.bool)
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as counter:
+            enc = model.encode(x)
+        enc_flops = counter.get_total_flops()
+        with FlopCounterMode(display=False) as counter:
+            model.decode(enc, mask)
+        dec_flops = counter.get_total_flops()
+    return enc_flops / 1e9, dec_flops / 1e9
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -139,6 +155,12 @@ def report(label: str, model, image, args, device, amp=False) -> None:
         f"[{label}]   one window: encode {e:.3f} s, decode {d:.3f} s -> speed-up bound "
         f"15(E+D)/(E+15D) = {bound:.2f}x"
     )
+    fe, fd = args.flops
+    print(
+        f"[{label}]   one window: encode {fe:.1f} GFLOP ({fe / e:.0f} GFLOP/s), decode "
+        f"{fd:.1f} GFLOP ({fd / d:.0f} GFLOP/s) -> arithmetic bound "
+        f"15(E+D)/(E+15D) = {15 * (fe + fd) / (fe + 15 * fd):.2f}x"
+    )
 
 
 def main() -> None:
@@ -152,7 +174,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from aem_synth.allocator import tune_allocator
     from train.models import build_backbone
+
+    tuned = tune_allocator()  # as `train evaluate` does
 
     case_dir = args.case or _samples_dir() / CASE
     full = load_case(case_dir)
@@ -160,10 +185,12 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_backbone("rfnet", num_classes=4, base_channels=16).eval()
     n_params = sum(p.numel() for p in model.parameters())
+    args.flops = count_flops(model, args.window)
     print(
         f"case {case_dir.name}: cropped brain box {tuple(full.shape[1:])}; RFNet base 16, "
         f"{n_params / 1e6:.2f} M parameters, random init; torch {torch.__version__}, "
-        f"{args.threads} CPU thread(s); mode {'--quick' if args.quick else 'full case'}"
+        f"{args.threads} CPU thread(s); mode {'--quick' if args.quick else 'full case'}; "
+        f"allocator tuning {'on' if tuned else 'off'}"
     )
     report("CPU fp32", model, image, args, torch.device("cpu"))
     if not torch.cuda.is_available():

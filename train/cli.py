@@ -15,6 +15,9 @@ from aem_synth import __version__
 @click.version_option(__version__, prog_name="train")
 def main() -> None:
     """Train, evaluate and apply incomplete-modality brain-tumour segmentation models."""
+    from aem_synth.allocator import tune_allocator
+
+    tune_allocator()
 
 
 # Commands are defined below this line: `run` (stages), `evaluate`, `predict`.

@@ -18,6 +18,7 @@ __all__ = [
     "ConvNormAct",
     "DecoderStep",
     "ModalityEncoder",
+    "PointwiseConv3d",
     "RegionAwareFusion",
     "RegionMapGenerator",
     "mask_features",
@@ -25,6 +26,32 @@ __all__ = [
 ]
 
 LEAKY_SLOPE = 0.2
+
+
+class PointwiseConv3d(nn.Conv3d):
+    """1x1x1 ``Conv3d`` computed as one matrix product over the flattened voxels.
+
+    Same parameters and state-dict keys as ``nn.Conv3d(in, out, 1)``; on CPU
+    oneDNN's 1x1x1 convolution is 5-10x slower than the equivalent GEMM at
+    full resolution (e.g. 64 -> 16 channels on 80^3 voxels: 100 ms against 17
+    ms on two cores), and the fusion decoder is dominated by such layers.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C_in, X, Y, Z)`` -> ``(B, C_out, X, Y, Z)``."""
+        batch, channels = x.shape[:2]
+        weight = self.weight.view(self.out_channels, channels)
+        flat = x.reshape(batch, channels, -1)
+        if self.bias is None:
+            out = torch.matmul(weight, flat)
+        elif batch == 1:
+            out = torch.addmm(self.bias[:, None], weight, flat[0])[None]
+        else:
+            out = torch.baddbmm(self.bias[None, :, None], weight.expand(batch, -1, -1), flat)
+        return out.view(batch, self.out_channels, *x.shape[2:])
 
 
 class ConvNormAct(nn.Sequential):
@@ -39,8 +66,11 @@ class ConvNormAct(nn.Sequential):
         self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1
     ) -> None:
         padding = kernel_size // 2
-        super().__init__(
-            nn.Conv3d(
+        conv: nn.Conv3d
+        if kernel_size == 1 and stride == 1:
+            conv = PointwiseConv3d(in_channels, out_channels)
+        else:
+            conv = nn.Conv3d(
                 in_channels,
                 out_channels,
                 kernel_size,
@@ -49,7 +79,9 @@ class ConvNormAct(nn.Sequential):
                 # A reflect mode with zero padding still copies the input.
                 padding_mode="reflect" if padding else "zeros",
                 bias=True,
-            ),
+            )
+        super().__init__(
+            conv,
             nn.GroupNorm(out_channels, out_channels, affine=False),
             nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
         )
@@ -155,7 +187,7 @@ class AuxDecoder(nn.Module):
         super().__init__()
         # steps[i] merges into level i (0 = finest).
         self.steps = nn.ModuleList(DecoderStep(c) for c in channels[:-1])
-        self.head = nn.Conv3d(channels[0], num_classes, kernel_size=1)
+        self.head = PointwiseConv3d(channels[0], num_classes)
 
     def forward(self, levels: list[Tensor]) -> Tensor:
         x = levels[-1]
@@ -182,7 +214,7 @@ class RegionMapGenerator(nn.Module):
         self.embed = bottleneck(num_modalities * channels, max(channels // 4, 1), channels)
         head_in = channels if coarsest else 2 * channels
         self.head = nn.Sequential(
-            ConvNormAct(head_in, hidden, kernel_size=1), nn.Conv3d(hidden, num_classes, 1)
+            ConvNormAct(head_in, hidden, kernel_size=1), PointwiseConv3d(hidden, num_classes)
         )
 
     def forward(self, masked: Tensor, decoder: Tensor | None) -> Tensor:

@@ -34,6 +34,7 @@ from train.models.blocks import (
     AuxDecoder,
     DecoderStep,
     ModalityEncoder,
+    PointwiseConv3d,
     RegionAwareFusion,
     RegionMapGenerator,
     mask_features,
@@ -58,8 +59,8 @@ class FusionDecoder(nn.Module):
             RegionAwareFusion(c, num_modalities, num_classes) for c in channels
         )
         self.steps = nn.ModuleList(DecoderStep(c) for c in channels[:-1])
-        self.deep_heads = nn.ModuleList(nn.Conv3d(c, num_classes, 1) for c in channels[1:])
-        self.head = nn.Conv3d(channels[0], num_classes, kernel_size=1)
+        self.deep_heads = nn.ModuleList(PointwiseConv3d(c, num_classes) for c in channels[1:])
+        self.head = PointwiseConv3d(channels[0], num_classes)
 
     def forward(self, levels: list[Tensor], mask: Tensor) -> ModelOutput:
         """Fused prediction from stacked features ``levels[l]`` ``(B, M, C_l, ...)``."""

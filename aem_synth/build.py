@@ -158,6 +158,10 @@ class BuildSummary:
     bytes : int
         Total size of the shard files.
     wall_seconds : float
+        Whole build, seconds.
+    prepare_seconds, shard_seconds : float
+        Of which: the per-case phase (load, normalise, calibrate) and the
+        shard phase (synthesise, compress, write), seconds.
     skipped : tuple of (case_id, reason)
         Cases left out of the store.
     excluded : tuple of (case_id, reason)
@@ -171,6 +175,8 @@ class BuildSummary:
     reused_shards: int
     bytes: int
     wall_seconds: float
+    prepare_seconds: float = 0.0
+    shard_seconds: float = 0.0
     skipped: tuple[tuple[str, str], ...] = ()
     excluded: tuple[tuple[str, str], ...] = ()
 
@@ -184,7 +190,8 @@ class BuildSummary:
             f"samples: {self.samples} ({self.real_samples} real, {self.synthetic_samples} synthetic)",
             f"shards: {self.shards} ({self.reused_shards} reused from an earlier run)",
             f"bytes: {self.bytes} ({self.bytes / 2**20:.1f} MiB)",
-            f"wall time: {self.wall_seconds:.1f} s",
+            f"wall time: {self.wall_seconds:.1f} s (cases {self.prepare_seconds:.1f} s, "
+            f"shards {self.shard_seconds:.1f} s)",
             f"skipped cases: {len(self.skipped)}",
         ]
         lines += [f"  {cid}: {why}" for cid, why in self.skipped]
@@ -238,10 +245,13 @@ def build(options: BuildOptions) -> BuildSummary:
         raise BuildError(f"{options.root}: no labelled case to build shards from")
     splits = _resolve_splits(state)
     with _client(options) as client:
+        t1 = time.perf_counter()
         _prepare_all(client, state)
+        t2 = time.perf_counter()
         membership = {s: [c for c in splits[s] if c in state.summaries] for s in SPLITS}
         specs = _plan_shards(state, membership)
         infos, reused = _run_shards(client, state, specs)
+        t3 = time.perf_counter()
     _remove_stale(out, {s.file for s in specs})
     write_manifest(out, _manifest(state, membership, infos))
     if not options.keep_work:
@@ -254,6 +264,8 @@ def build(options: BuildOptions) -> BuildSummary:
         reused_shards=reused,
         bytes=sum(i.bytes for i in infos),
         wall_seconds=time.perf_counter() - t0,
+        prepare_seconds=t2 - t1,
+        shard_seconds=t3 - t2,
         skipped=tuple(state.skipped),
         excluded=tuple(state.excluded),
     )

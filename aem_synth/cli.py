@@ -31,7 +31,7 @@ def _fail(exc: Exception) -> None:
 @click.version_option(__version__, prog_name="aem-synth")
 def main() -> None:
     """Build AEM synthetic pre-training shards from a BraTS dataset."""
-    from aem_synth.allocator import tune_allocator
+    from aem_synth.tuning import tune_allocator
 
     tune_allocator()
 

@@ -30,7 +30,6 @@ from typing import Any, cast
 
 import numpy as np
 
-from aem_synth.allocator import tune_allocator
 from aem_synth.cache import CachedCase, CaseSummary, read_case, read_summary, write_case
 from aem_synth.errors import CaseError
 from aem_synth.shards import (
@@ -41,6 +40,7 @@ from aem_synth.shards import (
     sha256_file,
     write_shard,
 )
+from aem_synth.tuning import tune_worker
 from aem_synth.types import Box, CaseRecord
 
 __all__ = [
@@ -138,7 +138,7 @@ def prepare_case(record: CaseRecord, work_dir: str, key: str) -> CaseSummary | C
     :class:`CaseFailure` instead of raising, so one bad case never fails the
     task (and is not pointlessly retried).
     """
-    tune_allocator()  # per worker process: external clusters start workers without it
+    tune_worker()  # per worker process: external clusters start workers without it
     work = Path(work_dir)
     cached = read_summary(work, record.case_id)
     if cached is not None and cached.source_key == key:
@@ -333,7 +333,7 @@ def done_path(root: Path, file: str) -> Path:
 
 def run_shard(spec: ShardSpec, root: str, work_dir: str) -> ShardInfo:
     """Build and write one shard, then its completion record; return its manifest entry."""
-    tune_allocator()
+    tune_worker()
     out, work = Path(root), Path(work_dir)
     samples = _real_samples(spec, work) if spec.kind == "real" else _synthetic_samples(spec, work)
     info = write_shard(

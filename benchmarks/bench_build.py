@@ -9,7 +9,8 @@ Parts (``--part``):
     same arrays, no synthesis), side by side, median of ``--repeats``.
 ``scaling``
     Whole-build throughput (samples / wall second) with 2 workers versus 1 on
-    a ``--cases``-case phantom set (default 24 at 240x240x155, multiplier 4).
+    a ``--cases``-case phantom set (default 24 at 240x240x155, multiplier 4),
+    ``--repeats`` runs of each, interleaved; also the case and shard phases.
 ``storage``
     Bytes per synthetic sample as a fraction of the float32 ``.npy`` size of
     the same arrays (image float32 + label uint8), on the real sample cases
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aem_synth.build import BuildOptions, build
+from aem_synth.build import BuildOptions, BuildSummary, build
 from aem_synth.cache import read_case
 from aem_synth.shards import Sample, ShardReader, list_samples, read_manifest, write_shard
 from aem_synth.tasks import ShardSpec, _CaseCache, run_shard
@@ -125,9 +126,9 @@ def part_floor(tmp: Path, args: argparse.Namespace) -> None:
     )
 
 
-def _throughput(
+def _timed_build(
     root: Path, out: Path, workers: int, multiplier: int, scheduler: str | None = None
-) -> tuple[float, float, int]:
+) -> BuildSummary:
     shutil.rmtree(out, ignore_errors=True)
     opts = BuildOptions(
         root=root,
@@ -137,33 +138,54 @@ def _throughput(
         scheduler=scheduler,
         progress=False,
     )
-    s = build(opts)
-    return s.samples / s.wall_seconds, s.wall_seconds, s.samples
+    return build(opts)
 
 
-def _warm_throughput(
-    root: Path, out: Path, workers: int, multiplier: int
-) -> tuple[float, float, int]:
+def _warm_build(root: Path, out: Path, workers: int, multiplier: int) -> BuildSummary:
     """Same build on a cluster started beforehand (worker start-up not timed)."""
     from distributed import LocalCluster
 
     with LocalCluster(
         n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster:
-        return _throughput(root, out, workers, multiplier, scheduler=cluster.scheduler_address)
+        return _timed_build(root, out, workers, multiplier, scheduler=cluster.scheduler_address)
 
 
 def part_scaling(tmp: Path, args: argparse.Namespace) -> None:
+    """2 versus 1 workers; runs interleaved (1, 2, 2, 1, ...) so drift hits both alike."""
     root = phantoms(tmp, args.cases, args.shape)
-    for label, fn in (
-        ("whole command, embedded cluster started inside the timing", _throughput),
-        ("build on an already running cluster (--scheduler)", _warm_throughput),
-    ):
-        res = {w: fn(root, tmp / f"scaling-{w}", w, args.multiplier) for w in (1, 2)}
-        print(f"[scaling] {label}:")
-        for w, (tp, wall, n) in res.items():
-            print(f"[scaling]   {w} worker(s): {n} samples in {wall:.1f} s = {tp:.2f} samples/s")
-        print(f"[scaling]   2 vs 1 workers: {res[2][0] / res[1][0]:.2f}x (target >= 1.7x)")
+    order = [1, 2, 2, 1] * ((args.repeats + 1) // 2)
+    order = order[: 2 * args.repeats]
+    modes = {
+        "whole": ("whole command, embedded cluster started inside the timing", _timed_build),
+        "warm": ("build on an already running cluster (--scheduler)", _warm_build),
+    }
+    for label, fn in (modes[m] for m in args.scaling_modes):
+        runs: dict[int, list[BuildSummary]] = {1: [], 2: []}
+        for w in order:
+            runs[w].append(fn(root, tmp / f"scaling-{w}", w, args.multiplier))
+        med = {
+            w: {
+                k: statistics.median(getattr(r, k) for r in rs)
+                for k in ("wall_seconds", "prepare_seconds", "shard_seconds")
+            }
+            for w, rs in runs.items()
+        }
+        n = runs[1][0].samples
+        print(f"[scaling] {label}, median of {args.repeats} run(s) each, interleaved:")
+        for w, m in med.items():
+            walls = ", ".join(f"{r.wall_seconds:.1f}" for r in runs[w])
+            print(
+                f"[scaling]   {w} worker(s): {n} samples in {m['wall_seconds']:.1f} s "
+                f"({walls}) = {n / m['wall_seconds']:.2f} samples/s; "
+                f"cases {m['prepare_seconds']:.1f} s, shards {m['shard_seconds']:.1f} s"
+            )
+        ratio = {k: med[1][k] / med[2][k] for k in med[1]}
+        print(
+            f"[scaling]   2 vs 1 workers: {ratio['wall_seconds']:.2f}x (target >= 1.7x); "
+            f"case phase {ratio['prepare_seconds']:.2f}x, shard phase "
+            f"{ratio['shard_seconds']:.2f}x"
+        )
 
 
 def _npy_bytes(*arrays: np.ndarray) -> int:
@@ -265,6 +287,13 @@ def main() -> None:
     parser.add_argument("--multiplier", type=int, default=4)
     parser.add_argument("--samples", type=int, default=6, help="floor: samples measured")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--scaling-modes",
+        nargs="+",
+        choices=["whole", "warm"],
+        default=["whole", "warm"],
+        help="scaling: time the whole command and/or builds on a running cluster",
+    )
     parser.add_argument("--rss-cases", type=int, nargs="+", default=[12, 24])
     parser.add_argument("--tmp", type=Path, default=None, help="Scratch folder (default: temp)")
     args = parser.parse_args()

@@ -174,7 +174,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from aem_synth.allocator import tune_allocator
+    from aem_synth.tuning import tune_allocator
     from train.models import build_backbone
 
     tuned = tune_allocator()  # as `train evaluate` does

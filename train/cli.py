@@ -15,7 +15,7 @@ from aem_synth import __version__
 @click.version_option(__version__, prog_name="train")
 def main() -> None:
     """Train, evaluate and apply incomplete-modality brain-tumour segmentation models."""
-    from aem_synth.allocator import tune_allocator
+    from aem_synth.tuning import tune_allocator
 
     tune_allocator()
 

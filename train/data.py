@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from aem_synth.allocator import tune_allocator
 from aem_synth.errors import ShardError
 from aem_synth.shards import SampleRef, ShardReader, list_samples
+from aem_synth.tuning import tune_worker
 from train.subsets import Mask, draw_subset
 
 __all__ = [
@@ -343,7 +343,7 @@ def _worker_init(worker_id: int) -> None:
     Items are seeded from ``(seed, epoch, index)``, so no global RNG is touched here.
     """
     torch.set_num_threads(1)
-    tune_allocator()  # inherited through fork; needed under spawn / forkserver
+    tune_worker()  # one core per loader worker; the allocator part matters under spawn
     info = torch.utils.data.get_worker_info()
     if info is not None and isinstance(info.dataset, CropDataset):
         info.dataset.close()

@@ -1,4 +1,4 @@
-"""The allocator tuning: applied once, switchable off, argument checked."""
+"""Process tuning: allocator thresholds (applied once, switchable off) and codec threads."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from aem_synth import allocator
+from aem_synth import tuning
 
 
 def _run(code: str, env_extra: dict[str, str]) -> str:
@@ -19,7 +19,7 @@ def _run(code: str, env_extra: dict[str, str]) -> str:
     ).stdout.strip()
 
 
-CODE = "from aem_synth.allocator import tune_allocator as t; print(t(), t(), t(1 << 25))"
+CODE = "from aem_synth.tuning import tune_allocator as t; print(t(), t(), t(1 << 25))"
 
 
 def test_applies_on_glibc_and_is_idempotent() -> None:
@@ -35,7 +35,7 @@ def test_switched_off_by_environment() -> None:
 @pytest.mark.parametrize("bad", [0, 1 << 10, 1 << 31, -1])
 def test_rejects_thresholds_out_of_range(bad: int) -> None:
     with pytest.raises(ValueError, match="threshold"):
-        allocator.tune_allocator(bad)
+        tuning.tune_allocator(bad)
 
 
 def test_reuses_freed_blocks_without_page_faults() -> None:
@@ -48,7 +48,7 @@ def test_reuses_freed_blocks_without_page_faults() -> None:
         pytest.skip("mallopt tuning is glibc-only")
     code = (
         "import resource, torch\n"
-        "from aem_synth.allocator import tune_allocator\n"
+        "from aem_synth.tuning import tune_allocator\n"
         "tune_allocator()\n"
         "def step():\n"
         "    a = torch.ones(1 << 24); b = torch.ones(1 << 22); del a\n"
@@ -65,3 +65,16 @@ def test_reuses_freed_blocks_without_page_faults() -> None:
     # 10 x (64 + 16 + 32) MB of fresh 4 KiB pages without the tuning.
     assert untuned >= 10 * 28672 // 2
     assert tuned < untuned // 20
+
+
+def test_single_thread_codecs_respects_a_user_choice() -> None:
+    code = (
+        "import os; from aem_synth.tuning import tune_worker; tune_worker(); "
+        "print(os.environ['BLOSC_NTHREADS'])"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "BLOSC_NTHREADS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == "1"
+    assert _run(code, {"BLOSC_NTHREADS": "3"}) == "3"

@@ -40,7 +40,7 @@ from aem_synth.shards import (
     sha256_file,
     write_shard,
 )
-from aem_synth.tuning import tune_worker
+from aem_synth.tuning import worker_task
 from aem_synth.types import Box, CaseRecord
 
 __all__ = [
@@ -138,17 +138,18 @@ def prepare_case(record: CaseRecord, work_dir: str, key: str) -> CaseSummary | C
     :class:`CaseFailure` instead of raising, so one bad case never fails the
     task (and is not pointlessly retried).
     """
-    tune_worker()  # per worker process: external clusters start workers without it
     work = Path(work_dir)
     cached = read_summary(work, record.case_id)
     if cached is not None and cached.source_key == key:
         return cached
-    try:
-        return _prepare(record, work, key)
-    except CaseError as exc:
-        return CaseFailure(record.case_id, exc.reason)
-    except (OSError, EOFError, zlib.error) as exc:
-        return CaseFailure(record.case_id, f"cannot read its files: {exc}")
+    # Tuned here, not at worker start: external clusters start workers without it.
+    with worker_task():
+        try:
+            return _prepare(record, work, key)
+        except CaseError as exc:
+            return CaseFailure(record.case_id, exc.reason)
+        except (OSError, EOFError, zlib.error) as exc:
+            return CaseFailure(record.case_id, f"cannot read its files: {exc}")
 
 
 def _prepare(record: CaseRecord, work: Path, key: str) -> CaseSummary:
@@ -333,18 +334,18 @@ def done_path(root: Path, file: str) -> Path:
 
 def run_shard(spec: ShardSpec, root: str, work_dir: str) -> ShardInfo:
     """Build and write one shard, then its completion record; return its manifest entry."""
-    tune_worker()
     out, work = Path(root), Path(work_dir)
     samples = _real_samples(spec, work) if spec.kind == "real" else _synthetic_samples(spec, work)
-    info = write_shard(
-        out / spec.file,
-        samples,
-        root=out,
-        kind=spec.kind,
-        split=spec.split,
-        codec=spec.codec,
-        chunk=spec.chunk,
-    )
+    with worker_task():
+        info = write_shard(
+            out / spec.file,
+            samples,
+            root=out,
+            kind=spec.kind,
+            split=spec.split,
+            codec=spec.codec,
+            chunk=spec.chunk,
+        )
     record = done_path(out, spec.file)
     tmp = record.with_name(f".{record.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps({**info.to_dict(), "fingerprint": spec.fingerprint}, sort_keys=True))

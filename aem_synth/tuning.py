@@ -14,8 +14,10 @@ thresholds below, 0.3 million faults and encode/decode 1.5x faster.
 :func:`tune_allocator` raises the mmap and trim thresholds with ``mallopt``
 so that freed blocks stay in the heap and are reused. Peak memory is
 unchanged (a block is kept only after it was needed); memory is not returned
-to the system between phases, which suits single-purpose build workers and
-training processes. It is a no-op where the C library has no ``mallopt``
+to the system by itself; long-lived build workers call :func:`trim_heap` after
+each task, because heap fragmentation otherwise made their peak RSS creep up
+with the number of tasks run (518 -> 557-595 MB from 12 to 36 cases; flat with
+the trim). It is a no-op where the C library has no ``mallopt``
 (macOS, musl) and when ``AEM_MALLOC_TUNING=0`` is set.
 
 * **Codec threads** (:func:`single_thread_codecs`). c-blosc2, which writes the
@@ -36,14 +38,18 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 __all__ = [
     "BLOSC_THREADS_ENV",
     "DEFAULT_THRESHOLD",
     "ENV_SWITCH",
     "single_thread_codecs",
+    "trim_heap",
     "tune_allocator",
     "tune_worker",
+    "worker_task",
 ]
 
 #: Allocations up to this many bytes are served from (and returned to) the heap.
@@ -58,6 +64,13 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 _applied: int | None = None
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
 
 
 def tune_allocator(threshold: int = DEFAULT_THRESHOLD) -> bool:
@@ -83,11 +96,9 @@ def tune_allocator(threshold: int = DEFAULT_THRESHOLD) -> bool:
         return False
     if _applied == threshold:
         return True
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
@@ -95,6 +106,24 @@ def tune_allocator(threshold: int = DEFAULT_THRESHOLD) -> bool:
     if ok:
         _applied = threshold
     return ok
+
+
+def trim_heap() -> bool:
+    """Give the heap's free pages back to the system (``malloc_trim(0)``).
+
+    For the end of a task in a long-lived worker: the next task faults its
+    pages in once more, but fragmentation cannot accumulate across tasks.
+    Returns True when memory was released, False when there was none to
+    release or the C library has no ``malloc_trim``.
+    """
+    if _applied is None:
+        return False
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim.argtypes = (ctypes.c_size_t,)
+    trim.restype = ctypes.c_int
+    return bool(trim(0))
 
 
 def single_thread_codecs() -> None:
@@ -109,3 +138,13 @@ def tune_worker() -> None:
     """Set-up of a process that owns one core: allocator tuning and one codec thread."""
     tune_allocator()
     single_thread_codecs()
+
+
+@contextmanager
+def worker_task() -> Iterator[None]:
+    """Run one task of a long-lived worker: :func:`tune_worker` before, :func:`trim_heap` after."""
+    tune_worker()
+    try:
+        yield
+    finally:
+        trim_heap()

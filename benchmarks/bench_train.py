@@ -164,6 +164,9 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="also time 80^3 at batch 2 on CPU")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    from aem_synth.tuning import tune_allocator
+
+    print(f"allocator tuning {'on' if tune_allocator() else 'off'} (as in `train run`)")
     cpu_section(args.reps, args.full)
     gpu_section(max(args.reps, 10), args.workers)
 

@@ -48,14 +48,22 @@ def _shard_files(root: Path) -> list[Path]:
     return [p for sub in ("real", "synthetic") for p in (root / sub).glob("*.h5")]
 
 
+def _done_records(root: Path) -> list[Path]:
+    return [p for sub in ("real", "synthetic") for p in (root / sub).glob("*.h5.done.json")]
+
+
 def _kill_after_first_shard(cmd: list[str], out: Path, deadline_s: float = 240) -> None:
-    """Run ``cmd`` in its own process group and SIGKILL the group once a shard exists."""
+    """Run ``cmd`` in its own process group; SIGKILL the group once a shard is recorded done.
+
+    The record, not the shard file, is what makes a shard reusable: a shard
+    renamed into place but killed before its record is rebuilt.
+    """
     proc = subprocess.Popen(
         cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
         end = time.monotonic() + deadline_s
-        while not _shard_files(out):
+        while not _done_records(out):
             if proc.poll() is not None:
                 pytest.fail(
                     f"build exited ({proc.returncode}) before any shard: "
@@ -100,7 +108,7 @@ def test_killed_build_resumes_to_identical_store(phantoms: Path, tmp_path: Path)
     ]
     _kill_after_first_shard(cmd, out)
     assert not (out / "manifest.json").exists()
-    finished_before = {p.name for p in _shard_files(out)}
+    finished_before = {p.name for p in _done_records(out)}
     assert finished_before
 
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

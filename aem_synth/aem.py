@@ -16,19 +16,20 @@ full-grid functions, which are thin wrappers around them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from .boxes import Origin, box_around, dims, intersect, origin_box, relative_slices, window
 from .errors import CaseError
 from .fusion import fuse_labels
 from .mirror import MirrorPlane, Spacing, padded_box, reflect, reflect_box, reflect_points
+from .preprocess import bounding_box
 from .types import BoolArray, Box, FloatArray, LabelArray
 
 Grid = tuple[int, int, int]
-Origin = tuple[int, int, int]
 
 __all__ = [
     "MODES",
@@ -114,48 +115,11 @@ class TumourPart:
     label: LabelArray
 
 
-def _dims(box: Box) -> tuple[int, int, int]:
-    return tuple(max(0, b - a) for a, b in box)  # type: ignore[return-value]
-
-
-def _rel(box: Box, origin: tuple[int, ...]) -> tuple[slice, slice, slice]:
-    """Slices of ``box`` (grid coordinates) in an array whose voxel 0 sits at ``origin``."""
-    return tuple(slice(a - o, b - o) for (a, b), o in zip(box, origin, strict=True))  # type: ignore[return-value]
-
-
-def _intersect(a: Box, b: Box) -> Box | None:
-    box = tuple((max(p, r), min(q, s)) for (p, q), (r, s) in zip(a, b, strict=True))
-    return box if all(lo < hi for lo, hi in box) else None  # type: ignore[return-value]
-
-
-def _origin_box(origin: Origin, shape: tuple[int, ...]) -> Box:
-    return tuple((o, o + d) for o, d in zip(origin, shape[-3:], strict=True))  # type: ignore[return-value]
-
-
-def _window(arr: npt.NDArray[Any], origin: Origin, box: Box) -> npt.NDArray[Any]:
-    """``arr`` (a crop at ``origin``, zero outside) on ``box``: a view when it lies inside."""
-    inner = _intersect(box, _origin_box(origin, arr.shape))
-    if inner == box:
-        return arr[(..., *_rel(box, origin))]
-    out = np.zeros((*arr.shape[:-3], *_dims(box)), dtype=arr.dtype)
-    if inner is not None:
-        out[(..., *_rel(inner, tuple(a for a, _ in box)))] = arr[(..., *_rel(inner, origin))]
-    return out
-
-
 def _sample(volume: npt.NDArray[np.float32], coords: npt.NDArray[np.float64]) -> FloatArray:
     """Linear interpolation of ``volume`` at voxel positions ``coords`` (3, K); outside -> 0."""
     return ndimage.map_coordinates(
         volume, coords, order=1, mode="grid-constant", cval=0.0, prefilter=False, output=np.float32
     )
-
-
-def _box_around(
-    points: npt.NDArray[np.int64], margin: npt.NDArray[np.int64], shape: tuple[int, ...]
-) -> Box:
-    lo = np.maximum(points.min(axis=0) - margin, 0)
-    hi = np.minimum(points.max(axis=0) + margin + 1, shape)
-    return tuple((int(a), int(b)) for a, b in zip(lo, hi, strict=True))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -170,12 +134,12 @@ class _Donor:
 
     def window(self, box: Box) -> tuple[FloatArray, LabelArray, BoolArray]:
         """Image, label and brain mask on ``box`` (grid coordinates)."""
-        image = _window(self.image, self.origin, box)
+        image = window(self.image, self.origin, box)
         if self.brain is None:
             brain = np.any(image != 0, axis=0)
         else:
-            brain = _window(self.brain, self.origin, box)
-        return image, _window(self.label, self.origin, box), brain
+            brain = window(self.brain, self.origin, box)
+        return image, window(self.label, self.origin, box), brain
 
     def healthy_everywhere(self) -> tuple[FloatArray, BoolArray]:
         brain = np.any(self.image != 0, axis=0) if self.brain is None else self.brain
@@ -187,7 +151,7 @@ def _healthy_reference(
 ) -> npt.NDArray[np.float32]:
     """Per-modality median of healthy brain within ``margin_mm`` of the box of ``near``."""
     margin = np.ceil(margin_mm / np.asarray(spacing)).astype(np.int64)
-    image, label, brain = donor.window(_box_around(near, margin, donor.grid))
+    image, label, brain = donor.window(box_around(near, margin, donor.grid))
     local = brain & (label == 0)
     if np.count_nonzero(local) >= MIN_REFERENCE_VOXELS:
         return np.median(image[:, local], axis=1).astype(np.float32)
@@ -221,10 +185,7 @@ def _mirrored_values(
 
 
 def _bbox(mask: BoolArray) -> Box | None:
-    if not mask.any():
-        return None
-    idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != d))) for d in range(3)]
-    return tuple((int(i[0]), int(i[-1]) + 1) for i in idx)  # type: ignore[return-value]
+    return bounding_box(mask) if mask.any() else None
 
 
 def tumour_part_box(
@@ -277,7 +238,7 @@ def tumour_part_box(
         return None
     box = tuple((a + o, b + o) for (a, b), o in zip(local_box, origin, strict=True))
     donor = _Donor(image_b.astype(np.float32, copy=False), label_b, brain_mask_b, origin, full)
-    sl = _rel(box, origin)  # type: ignore[arg-type]
+    sl = relative_slices(box, origin)  # type: ignore[arg-type]
     tumour = label_b[sl] > 0
     points = np.argwhere(tumour) + np.array([a for a, _ in box], dtype=np.int64)
     coords = reflect_points(points, plane, full, spacing).T
@@ -356,7 +317,7 @@ def tumour_part(
     )
     out = np.zeros(image_b.shape, dtype=np.float32)
     if part is not None:
-        out[(slice(None), *_rel(part.box, (0, 0, 0)))] = part.image
+        out[(slice(None), *relative_slices(part.box, (0, 0, 0)))] = part.image
     return out
 
 
@@ -383,10 +344,10 @@ def mirror_tumour_box(
         ``image`` is zero outside the reflected ``label``.
     """
     in_box = padded_box(part.box, grid)
-    inner = _rel(part.box, tuple(a for a, _ in in_box))
-    t_in = np.zeros((part.image.shape[0], *_dims(in_box)), dtype=np.float32)
+    inner = relative_slices(part.box, tuple(a for a, _ in in_box))
+    t_in = np.zeros((part.image.shape[0], *dims(in_box)), dtype=np.float32)
     t_in[(slice(None), *inner)] = part.image
-    y_in = np.zeros(_dims(in_box), dtype=part.label.dtype)
+    y_in = np.zeros(dims(in_box), dtype=part.label.dtype)
     y_in[inner] = part.label
     out_box, t = reflect_box(t_in, in_box, plane, grid, spacing, order=1)
     _, y = reflect_box(y_in, in_box, plane, grid, spacing, order=0)
@@ -408,14 +369,14 @@ def mirror_tumour(
     box = _bbox(label_b > 0)
     if box is None:
         return t_b.copy(), label_b.copy()
-    sl = _rel(box, (0, 0, 0))
+    sl = relative_slices(box, (0, 0, 0))
     part = TumourPart(box, t_b[(slice(None), *sl)].astype(np.float32), label_b[sl])
     moved = mirror_tumour_box(part, plane, label_b.shape, spacing)
     t = np.zeros(t_b.shape, dtype=np.float32)
     y = np.zeros(label_b.shape, dtype=label_b.dtype)
     if all(a < b for a, b in moved.box):
-        t[(slice(None), *_rel(moved.box, (0, 0, 0)))] = moved.image
-        y[_rel(moved.box, (0, 0, 0))] = moved.label
+        t[(slice(None), *relative_slices(moved.box, (0, 0, 0)))] = moved.image
+        y[relative_slices(moved.box, (0, 0, 0))] = moved.label
     return t, y
 
 
@@ -483,25 +444,25 @@ def transfer_box(
     _check_labels(label_a, anatomy_id)
     a32 = image_a.astype(np.float32, copy=False)
     lo = tuple(a for a, _ in box)
-    inner = _intersect(box, _origin_box(origin_a, label_a.shape))
+    inner = intersect(box, origin_box(origin_a, label_a.shape))
     # Every voxel is written below when A's crop covers the box (the build's case).
     alloc = np.empty if inner == box else np.zeros
-    image = alloc((4, *_dims(box)), dtype=np.float32)
-    label = alloc(_dims(box), dtype=np.uint8)
+    image = alloc((4, *dims(box)), dtype=np.float32)
+    label = alloc(dims(box), dtype=np.uint8)
     if inner is None:
         return image, label
-    src, dst = _rel(inner, origin_a), _rel(inner, lo)
+    src, dst = relative_slices(inner, origin_a), relative_slices(inner, lo)
     out = image[(slice(None), *dst)]
     # a * brain + 0 is a where brain, else +0.0, bit for bit like (a + 0) masked,
     # in two streaming passes (a masked ufunc or boolean assignment is ~5x slower).
     np.multiply(a32[(slice(None), *src)], brain_mask_a[src], out=out)
     np.add(out, np.float32(0.0), out=out)
     label[dst] = label_a[src]
-    region = None if part is None else _intersect(inner, part.box)
+    region = None if part is None else intersect(inner, part.box)
     if region is None or part is None:
         return image, label
-    src, dst = _rel(region, origin_a), _rel(region, lo)
-    t_src = _rel(region, tuple(a for a, _ in part.box))
+    src, dst = relative_slices(region, origin_a), relative_slices(region, lo)
+    t_src = relative_slices(region, tuple(a for a, _ in part.box))
     brain = brain_mask_a[src]
     np.add(
         a32[(slice(None), *src)],
@@ -564,7 +525,7 @@ def transfer(
                 f"{name} shape {arr.shape} does not match the grid {grid_a[1:]} of anatomy "
                 f"{anatomy_id} / donor {donor_id}",
             )
-    full = _origin_box((0, 0, 0), label_a.shape)
+    full = origin_box((0, 0, 0), label_a.shape)
     part = TumourPart(full, t_b.astype(np.float32, copy=False), label_b)
     return transfer_box(
         image_a, label_a, brain_mask_a, part, full, anatomy_id=anatomy_id, donor_id=donor_id

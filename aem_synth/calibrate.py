@@ -28,7 +28,8 @@ from scipy import ndimage
 
 from .errors import CaseError
 from .mirror import MirrorPlane, Spacing, reflect, reflection_affine
-from .types import BoolArray, Box
+from .preprocess import bounding_box
+from .types import BoolArray
 
 __all__ = ["Calibration", "calibrate", "mask_dice", "plane_errors"]
 
@@ -240,11 +241,6 @@ def _search(mask: BoolArray, spacing: Spacing, max_offset: float, max_angle: flo
     return x
 
 
-def _bbox(mask: BoolArray) -> Box:
-    idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != d))) for d in range(3)]
-    return tuple((int(i[0]), int(i[-1]) + 1) for i in idx)  # type: ignore[return-value]
-
-
 def calibrate(
     brain_mask: BoolArray,
     spacing: Spacing = (1.0, 1.0, 1.0),
@@ -289,7 +285,7 @@ def calibrate(
     dice_flip = mask_dice(mask, np.flip(mask, axis=0))
     params = _search(mask, spacing, max_offset, max_angle)
     plane = MirrorPlane(*(round(float(p), 4) for p in params))
-    mirrored = reflect(mask, plane, spacing, order=0, support=_bbox(mask))
+    mirrored = reflect(mask, plane, spacing, order=0, support=bounding_box(mask))
     dice_plane = mask_dice(mask, mirrored)
     if dice_plane < dice_flip:
         plane, dice_plane = MirrorPlane(), dice_flip

@@ -90,7 +90,11 @@ def measure(
     with ShardReader(path) as reader:
         for _ in range(crops):
             lo = [int(rng.integers(0, max(1, s - CROP + 1))) for s in shape]
-            box = tuple(slice(a, a + CROP) for a in lo)
+            box = (
+                slice(lo[0], lo[0] + CROP),
+                slice(lo[1], lo[1] + CROP),
+                slice(lo[2], lo[2] + CROP),
+            )
             t0 = time.perf_counter()
             reader.image("s", box)
             reader.label("s", box)

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from train.models.base import Backbone
 from train.sliding_window import WindowOptions, padded_shape, predict_subsets, window_boxes
 from train.subsets import ALL_SUBSETS
 
@@ -66,9 +67,7 @@ def central_block(image: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(image[:, *(slice(a, a + size) for a in starts)])
 
 
-def time_encode_decode(
-    model: torch.nn.Module, window: int, device: torch.device
-) -> tuple[float, float]:
+def time_encode_decode(model: Backbone, window: int, device: torch.device) -> tuple[float, float]:
     x = torch.zeros((1, 4, window, window, window), device=device)
     mask = torch.ones((1, 4), dtype=torch.bool, device=device)
     with torch.inference_mode():
@@ -84,7 +83,7 @@ def time_encode_decode(
     return t1 - t0, t2 - t1
 
 
-def count_flops(model: torch.nn.Module, window: int) -> tuple[float, float]:
+def count_flops(model: Backbone, window: int) -> tuple[float, float]:
     """Floating-point operations (GFLOP) of one encode and one decode of a window."""
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -4,7 +4,7 @@ For every case (the real BraTS samples when found, otherwise phantom cases at
 240x240x155 written to a temporary folder) the script times, interleaved and
 after one warm-up run each:
 
-(a) bare loading: ``nib.load(f).get_fdata(dtype=np.float32)`` for the four
+(a) bare loading: ``nib.nifti1.load(f).get_fdata(dtype=np.float32)`` for the four
     modalities and the seg;
 (b) ``load_case`` + ``preprocess_case`` (reorientation to RAS, consistency
     checks, label mapping, brain mask, crop, z-score).
@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import tempfile
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
+import nibabel.nifti1
 import numpy as np
 
 from aem_synth.discover import discover
@@ -52,7 +54,7 @@ def bare_load(record: CaseRecord) -> None:
     """(a): what any script does to read the same files."""
     files = [*record.modalities.values(), *([record.seg] if record.seg else [])]
     for f in files:
-        nib.load(f).get_fdata(dtype=np.float32)
+        nib.nifti1.load(f).get_fdata(dtype=np.float32)
 
 
 def full_load(record: CaseRecord) -> None:
@@ -83,12 +85,17 @@ def bench_phantom(runs: int, shape: tuple[int, int, int] = BRATS_SHAPE) -> tuple
 
     gen, write = [], []
     for seed in range(runs):
-        gen.append(_seconds(lambda s=seed: make_phantom_case(s, shape)))
+        gen.append(_seconds(functools.partial(make_phantom_case, seed, shape)))
         with tempfile.TemporaryDirectory() as tmp:
             write.append(
                 _seconds(
-                    lambda s=seed, t=tmp: write_phantom_dataset(
-                        Path(t), n_cases=1, layout="brats2020", seed=s, shape=shape
+                    functools.partial(
+                        write_phantom_dataset,
+                        Path(tmp),
+                        n_cases=1,
+                        layout="brats2020",
+                        seed=seed,
+                        shape=shape,
                     )
                 )
             )

@@ -15,11 +15,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,7 +87,7 @@ def cpu_section(reps: int, full: bool) -> None:
     sizes = [(1, 48), (1, 64)] + ([(2, 80)] if full else [])
     for b, crop in sizes:
         batch = _batch(b, crop, device)
-        times = _time_steps(lambda batch=batch: step(batch), device, reps)
+        times = _time_steps(functools.partial(step, batch), device, reps)
         med = statistics.median(times)
         print(
             f"  batch {b}, {crop}^3: median {med:.2f} s/step over {reps} "
@@ -125,7 +127,7 @@ def gpu_section(reps: int, workers: int) -> None:
     rates = {}
     for name, amp in (("fp32", None), ("bf16", torch.bfloat16)):
         step = _stepper(device, amp)
-        times = _time_steps(lambda step=step: step(fixed), device, reps, warmup=3)
+        times = _time_steps(functools.partial(step, fixed), device, reps, warmup=3)
         rates[name] = 1 / statistics.median(times)
         print(f"  {name}, tensors on GPU: {rates[name]:.2f} it/s (median)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,12 +141,12 @@ def gpu_section(reps: int, workers: int) -> None:
             step = _stepper(device, amp)
             it = iter(loader)
 
-            def loaded_step(step: Callable = step, it: object = it) -> None:
+            def loaded_step(step: Callable = step, it: Iterator[Any] = it) -> None:
                 b = {
                     k: v.to(device, non_blocking=True)
                     for k, v in next(it).items()
                     if k != "sample_id"
-                }  # type: ignore[call-overload]
+                }
                 b["image"], b["label"] = augment(b["image"], b["label"], b["mask"], gen)
                 step(b)
 

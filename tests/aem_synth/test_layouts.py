@@ -40,7 +40,7 @@ def test_label_maps_match_the_brats_conventions() -> None:
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.float32, np.float64])
 def test_map_labels_any_storage_dtype(dtype: type) -> None:
-    raw = np.array([[0, 1], [2, 4]], dtype=dtype)
+    raw: np.ndarray = np.array([[0, 1], [2, 4]], dtype=dtype)
     out = LAYOUTS["brats2020"].map_labels(raw, "c1", "c1_seg.nii.gz")
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, [[0, 1], [2, 3]])

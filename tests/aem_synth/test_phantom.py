@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import nibabel as nib
+import nibabel.nifti1
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -269,7 +270,7 @@ def test_sidecars_describe_the_cases(datasets: dict[str, Path], layout: str) -> 
 
 
 def _read_canonical_nifti(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
-    image = nib.load(path)
+    image = nib.nifti1.load(path)
     return np.asarray(nib.as_closest_canonical(image).dataobj), image
 
 

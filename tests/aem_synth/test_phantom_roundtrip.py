@@ -57,6 +57,7 @@ def test_discover_load_preprocess_every_case(phantom_root: tuple[str, Path]) -> 
         np.testing.assert_array_equal(uncrop(pre.label, pre.crop_box, phantom.shape), phantom.label)
         assert not pre.image[:, ~pre.brain_mask].any()
         seg_on_disk, _ = read_raw(record.seg)  # type: ignore[arg-type]
+        assert case.label is not None
         back = to_original(resolve_layout(layout).to_layout_labels(case.label), case.geometry)
         if layout == "brats2015":  # 3 (non-enhancing) merges into 1 and is written back as 1
             seg_on_disk = np.where(seg_on_disk == 3, 1, seg_on_disk)

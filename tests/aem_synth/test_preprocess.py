@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import nibabel as nib
+import nibabel.nifti1
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -109,6 +110,7 @@ def test_preprocess_case_equals_cropped_full_grid_normalisation() -> None:
     assert pre.crop_box == ((1, 10), (2, 9), (0, 7))
     np.testing.assert_array_equal(pre.image, crop(full, pre.crop_box))
     np.testing.assert_array_equal(pre.brain_mask, crop(mask, pre.crop_box))
+    assert pre.label is not None
     np.testing.assert_array_equal(uncrop(pre.label, pre.crop_box, SHAPE), label)
     assert pre.stats == stats
     assert pre.image.flags.c_contiguous and pre.label is not None and pre.label.flags.c_contiguous
@@ -152,7 +154,7 @@ def test_to_original_and_write_label_like_restore_the_file(
     out = write_label_like(
         case.label, case.geometry, "brats2020", case_dir / "c1_t1.nii.gz", tmp_path / "p.nii.gz"
     )
-    written = nib.load(out)
+    written = nib.nifti1.load(out)
     assert written.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(np.asanyarray(written.dataobj), seg)
     np.testing.assert_allclose(written.affine, affine)

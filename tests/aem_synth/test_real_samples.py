@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import nibabel as nib
+import nibabel.nifti1
 import numpy as np
 import pytest
 
@@ -46,7 +47,7 @@ def test_loaded_cases_are_ras_with_internal_labels(loaded: list[LoadedCase]) -> 
         values = set(np.unique(case.label).tolist())
         assert values <= {0, 1, 2, 3} and 3 in values, case.case_id
         # Tumour voxels lie inside the brain.
-        brain = (case.image > 0).any(axis=0)
+        brain = np.asarray((case.image > 0).any(axis=0))
         assert brain[case.label > 0].mean() > 0.99
 
 
@@ -55,13 +56,15 @@ def test_orientation_round_trip_reproduces_seg_on_disk(
 ) -> None:
     for record, case in zip(records, loaded, strict=True):
         assert case.label is not None and record.seg is not None
-        on_disk = np.asanyarray(nib.load(record.seg).dataobj)
+        on_disk = np.asanyarray(nib.nifti1.load(record.seg).dataobj)
         back = to_original(
             resolve_layout(record.layout).to_layout_labels(case.label), case.geometry
         )
         assert back.shape == on_disk.shape == case.geometry.original_shape
         np.testing.assert_array_equal(back, on_disk)
-        np.testing.assert_array_equal(case.geometry.original_affine, nib.load(record.seg).affine)
+        np.testing.assert_array_equal(
+            case.geometry.original_affine, nib.nifti1.load(record.seg).affine
+        )
 
 
 def test_preprocess_real_cases(loaded: list[LoadedCase]) -> None:

@@ -61,6 +61,7 @@ def _kill_after_first_shard(cmd: list[str], out: Path, deadline_s: float = 240) 
     proc = subprocess.Popen(
         cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
+    assert proc.stderr is not None
     try:
         end = time.monotonic() + deadline_s
         while not _done_records(out):

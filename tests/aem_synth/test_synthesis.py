@@ -231,7 +231,7 @@ def test_box_path_equals_full_grid_reference(donor_kind: str, plane: MirrorPlane
     a_crop, b_crop = _cropped(a), _cropped(b)
     for mode in ("signed", "abs"):
         for mirror in (False, True):
-            params = SynthesisParams("A", "B", plane, mode=mode, mirror_to_other_side=mirror)  # type: ignore[arg-type]
+            params = SynthesisParams("A", "B", plane, mode=mode, mirror_to_other_side=mirror)
             ref_image, ref_label = _reference_apply(params, a, b)
             image, label = apply(params, a, b)
             assert image.tobytes() == ref_image.tobytes() and label.tobytes() == ref_label.tobytes()

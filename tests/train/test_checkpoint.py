@@ -24,7 +24,7 @@ def _payload(model: nn.Module, **extra: object) -> dict[str, object]:
         "stage": "train",
         "backbone": "rfnet",
         "backbone_kwargs": dict(model.init_args),  # type: ignore[arg-type]
-        "num_classes": model.num_classes,  # type: ignore[attr-defined]
+        "num_classes": model.num_classes,
         "config": {"name": "x", "data": {"crop": [16, 16, 16]}},
         "model": model.state_dict(),
         "step": 7,

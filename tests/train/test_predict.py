@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import nibabel as nib
+import nibabel.nifti1
 import numpy as np
 import pytest
 import torch
@@ -59,8 +60,8 @@ def test_small_case_output_grid_labels_and_brain(model: torch.nn.Module, tmp_pat
     case = write_case(tmp_path, "BraTS20_Training_001", ("flair", "t1ce"))
     out = tmp_path / "pred" / "seg.nii.gz"
     res = predict_case(model, case, out, window=SMALL_WINDOW, device="cpu")
-    ref = nib.load(case / "BraTS20_Training_001_flair.nii.gz")
-    img = nib.load(out)
+    ref = nib.nifti1.load(case / "BraTS20_Training_001_flair.nii.gz")
+    img = nib.nifti1.load(out)
     assert img.shape == ref.shape and np.allclose(img.affine, ref.affine)
     data = np.asarray(img.dataobj)
     assert set(np.unique(data)) <= {0, 1, 2, 4}
@@ -80,8 +81,8 @@ def test_real_case_with_t1_and_t2_removed(
             shutil.copy(f, case / f.name)
     out = tmp_path / "out.nii.gz"
     res = predict(checkpoint, out, case=case, window=80, overlap=0.1, batch_size=1, device="cpu")
-    ref = nib.load(src / f"{REAL_CASE}_flair.nii.gz")
-    img = nib.load(out)
+    ref = nib.nifti1.load(src / f"{REAL_CASE}_flair.nii.gz")
+    img = nib.nifti1.load(out)
     assert img.shape == ref.shape == (240, 240, 155)
     np.testing.assert_allclose(img.affine, ref.affine)
     assert set(np.unique(np.asarray(img.dataobj))) <= {0, 1, 2, 4}

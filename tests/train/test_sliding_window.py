@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -112,7 +113,7 @@ def test_pointwise_model_reproduced_exactly(
 
 def test_reuse_encoder_identical_and_encodes_once_per_batch(image: np.ndarray) -> None:
     reuse, again = PointwiseModel(), PointwiseModel()
-    kw = dict(window=(16, 16, 16), overlap=0.5, batch_size=2, device="cpu")
+    kw: dict[str, Any] = dict(window=(16, 16, 16), overlap=0.5, batch_size=2, device="cpu")
     a = predict_subsets(reuse, image, ALL_SUBSETS, reuse_encoder=True, **kw)
     b = predict_subsets(again, image, ALL_SUBSETS, reuse_encoder=False, **kw)
     for s in ALL_SUBSETS:

@@ -125,7 +125,7 @@ def test_non_finite_loss_stops_with_step_and_part_and_keeps_last_checkpoint(
     real = train.losses.rfnet_loss
     calls = {"n": 0}
 
-    def flaky(out, target, **kw):  # type: ignore[no-untyped-def]
+    def flaky(out, target, **kw):
         loss, parts = real(out, target, **kw)
         calls["n"] += 1
         if calls["n"] == 3:  # the third training step

@@ -26,7 +26,11 @@ def make_records(n_cases: int = 3) -> list[dict]:
     records = []
     for c in range(n_cases):
         for s in ALL_SUBSETS:
-            rec = {"case_id": f"case{c}", "subset": subset_name(s), "mask": list(s)}
+            rec: dict[str, object] = {
+                "case_id": f"case{c}",
+                "subset": subset_name(s),
+                "mask": list(s),
+            }
             rec.update({f"dice_{r}": float(rng.uniform()) for r in REGIONS})
             rec.update({f"hd95_{r}": float(rng.uniform(0, 50)) for r in REGIONS})
             records.append(rec)

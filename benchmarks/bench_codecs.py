@@ -108,6 +108,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--crops", type=int, default=15)
     args = parser.parse_args()
+    from aem_synth.tuning import tune_worker
+
+    # Measured as build and loader workers run: one Blosc thread, tuned allocator.
+    tune_worker()
 
     name, image, label = load_sample(args.data)
     print(

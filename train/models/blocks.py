@@ -43,6 +43,11 @@ class PointwiseConv3d(nn.Conv3d):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C_in, X, Y, Z)`` -> ``(B, C_out, X, Y, Z)``."""
         batch, channels = x.shape[:2]
+        if x.ndim != 5 or channels != self.in_channels:
+            raise ValueError(
+                f"PointwiseConv3d expected {self.in_channels} input channels, got {channels} "
+                f"(input shape {tuple(x.shape)}, want (B, C, X, Y, Z))"
+            )
         weight = self.weight.view(self.out_channels, channels)
         flat = x.reshape(batch, channels, -1)
         if self.bias is None:

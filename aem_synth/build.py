@@ -49,7 +49,7 @@ from aem_synth.tasks import CaseFailure, ShardSpec, finished_shard, prepare_case
 from aem_synth.tasks import source_key as case_source_key
 from aem_synth.types import MODALITIES, CaseRecord
 
-__all__ = ["SPLITS", "WORK_DIR", "BuildOptions", "BuildSummary", "build"]
+__all__ = ["SPLITS", "WORK_DIR", "BuildOptions", "BuildSummary", "build", "local_cluster"]
 
 WORK_DIR = ".work"
 SPLITS = ("train", "val", "test")
@@ -298,9 +298,26 @@ def _resolve_splits(state: _State) -> dict[str, list[str]]:
     return {s: list(splits.get(s, [])) for s in SPLITS}
 
 
+def local_cluster(workers: int) -> Any:
+    """The embedded cluster of a build: ``workers`` processes with one thread each.
+
+    Returns a ``distributed.LocalCluster`` (a context manager); its scheduler
+    address can be given to :class:`BuildOptions` as ``scheduler``.
+    """
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
+
+
 @contextmanager
 def _client(options: BuildOptions) -> Iterator[Any]:
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     address = options.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
@@ -308,16 +325,7 @@ def _client(options: BuildOptions) -> Iterator[Any]:
             yield client
         return
     n = options.workers or os.cpu_count() or 1
-    with (
-        LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with local_cluster(n) as cluster, Client(cluster) as client:
         yield client
 
 

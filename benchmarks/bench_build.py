@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aem_synth.build import BuildOptions, BuildSummary, build
+from aem_synth.build import BuildOptions, BuildSummary, build, local_cluster
 from aem_synth.cache import read_case
 from aem_synth.shards import Sample, ShardReader, list_samples, read_manifest, write_shard
 from aem_synth.tasks import ShardSpec, _CaseCache, run_shard
@@ -143,11 +143,7 @@ def _timed_build(
 
 def _warm_build(root: Path, out: Path, workers: int, multiplier: int) -> BuildSummary:
     """Same build on a cluster started beforehand (worker start-up not timed)."""
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster:
+    with local_cluster(workers) as cluster:
         return _timed_build(root, out, workers, multiplier, scheduler=cluster.scheduler_address)
 
 
@@ -252,16 +248,11 @@ def _peak_rss_mb() -> float:
 
 
 def part_rss(tmp: Path, args: argparse.Namespace) -> None:
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     for n in args.rss_cases:
         root = phantoms(tmp, n, args.shape)
-        with (
-            LocalCluster(
-                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-            ) as cluster,
-            Client(cluster) as client,
-        ):
+        with local_cluster(2) as cluster, Client(cluster) as client:
             out = tmp / f"rss-{n}"
             shutil.rmtree(out, ignore_errors=True)
             build(

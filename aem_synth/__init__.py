@@ -1,8 +1,9 @@
 """Offline synthesis of AEM pre-training data for brain-tumour segmentation.
 
-Pipeline stages (one module each): ``discover`` -> ``load`` -> ``calibrate`` ->
-``preprocess`` -> ``synthesis`` -> ``shards`` -> ``build``.  This package never
-imports torch.
+Stages, one sub-package each: ``dataset`` (discover, load, preprocess, splits)
+-> ``synthesis`` (calibrate, mirror, AEM, transfer, fusion, pairing) -> ``store``
+(HDF5 shards, verify) <- ``build`` (Dask orchestration); ``phantom`` writes
+procedural test data.  This package never imports torch.
 """
 
 from __future__ import annotations

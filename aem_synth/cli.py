@@ -31,7 +31,7 @@ def _fail(exc: Exception) -> None:
 @click.version_option(__version__, prog_name="aem-synth")
 def main() -> None:
     """Build AEM synthetic pre-training shards from a BraTS dataset."""
-    from aem_synth.tuning import tune_allocator
+    from aem_synth.build.tuning import tune_allocator
 
     tune_allocator()
 
@@ -42,7 +42,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def inspect_cmd(root: Path, layout: str, as_json: bool) -> None:
     """List every case: layout, modalities, shape, spacing, orientation, labels, problems."""
-    from aem_synth.inspection import format_table, inspect_root
+    from aem_synth.dataset.inspection import format_table, inspect_root
 
     try:
         rows = inspect_root(root, layout=None if layout == "auto" else layout)
@@ -72,7 +72,7 @@ def inspect_cmd(root: Path, layout: str, as_json: bool) -> None:
 )
 def phantom_cmd(out: Path, n_cases: int, layout: str, seed: int, shape: str) -> None:
     """Write a procedural BraTS-like dataset in a real on-disk layout."""
-    from aem_synth.phantom import parse_shape, write_phantom_dataset
+    from aem_synth.phantom.generator import parse_shape, write_phantom_dataset
 
     try:
         paths = write_phantom_dataset(
@@ -159,7 +159,7 @@ def build_cmd(
 ) -> None:
     """Build (or resume) real and synthetic shards with Dask."""
     from aem_synth.build import BuildOptions, build
-    from aem_synth.shards import DEFAULT_CODEC
+    from aem_synth.store.shards import DEFAULT_CODEC
 
     try:
         summary = build(
@@ -193,7 +193,7 @@ def build_cmd(
 @click.argument("shards", type=click.Path(path_type=Path))
 def verify_cmd(shards: Path) -> None:
     """Check checksums, schema, shapes, label sets and split leakage of a store."""
-    from aem_synth.verify import verify_store
+    from aem_synth.store.verify import verify_store
 
     report = verify_store(shards)
     click.echo(report.format())
@@ -207,7 +207,7 @@ def verify_cmd(shards: Path) -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="PNG to write.")
 def preview_cmd(shards: Path, sample_id: str, out: Path) -> None:
     """Render a Fig.-4-style montage of one synthetic sample."""
-    from aem_synth.preview import render_preview
+    from aem_synth.store.preview import render_preview
 
     try:
         path = render_preview(shards, sample_id, out)

@@ -53,7 +53,7 @@ Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
 @dataclass(frozen=True)
 class CaseRecord:
-    """One case found on disk by :func:`aem_synth.discover.discover`.
+    """One case found on disk by :func:`aem_synth.dataset.discover.discover`.
 
     Attributes
     ----------

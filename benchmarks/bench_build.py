@@ -38,15 +38,15 @@ from pathlib import Path
 import numpy as np
 
 from aem_synth.build import BuildOptions, BuildSummary, build, local_cluster
-from aem_synth.cache import read_case
-from aem_synth.shards import Sample, ShardReader, list_samples, read_manifest, write_shard
-from aem_synth.tasks import ShardSpec, _CaseCache, run_shard
+from aem_synth.build.tasks import ShardSpec, _CaseCache, run_shard
+from aem_synth.store.cache import read_case
+from aem_synth.store.shards import Sample, ShardReader, list_samples, read_manifest, write_shard
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "brats_samples"
 
 
 def phantoms(folder: Path, n: int, shape: tuple[int, int, int], seed: int = 0) -> Path:
-    from aem_synth.phantom import write_phantom_dataset
+    from aem_synth.phantom.generator import write_phantom_dataset
 
     root = folder / f"phantoms-{n}-{'x'.join(map(str, shape))}"
     if not root.is_dir():
@@ -56,7 +56,7 @@ def phantoms(folder: Path, n: int, shape: tuple[int, int, int], seed: int = 0) -
 
 def all_train_splits(root: Path, folder: Path) -> Path:
     """A split folder putting every labelled case of ``root`` in train."""
-    from aem_synth.discover import discover
+    from aem_synth.dataset.discover import discover
 
     ids = sorted(r.case_id for r in discover(root) if r.labelled)
     splits = folder / "splits-all-train"
@@ -69,7 +69,7 @@ def all_train_splits(root: Path, folder: Path) -> Path:
 
 def synthetic_specs(out: Path, codec: str) -> list[ShardSpec]:
     """The build's synthetic pairs (from the manifest), one spec per sample."""
-    from aem_synth.pairing import plan_pairs
+    from aem_synth.synthesis.pairing import plan_pairs
 
     m = read_manifest(out)
     train = m["splits"]["train"]

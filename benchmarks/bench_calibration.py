@@ -3,7 +3,7 @@
 Usage: ``python benchmarks/bench_calibration.py [--phantoms 10] [--samples DIR] [--small 10]``
 
 (a) ``--phantoms`` BraTS-size (240 x 240 x 155) phantoms from
-    :func:`aem_synth.phantom.make_phantom_case`, whose planes are drawn with
+    :func:`aem_synth.phantom.generator.make_phantom_case`, whose planes are drawn with
     offsets in +-4 voxels and yaw/roll in +-5 degrees: true versus found plane,
     offset error at the array centre (voxels), normal angle error (degrees),
     seconds; then medians.
@@ -34,8 +34,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from aem_synth.calibrate import Calibration, calibrate, plane_errors  # noqa: E402
-from aem_synth.mirror import MirrorPlane  # noqa: E402
+from aem_synth.synthesis.calibrate import Calibration, calibrate, plane_errors  # noqa: E402
+from aem_synth.synthesis.mirror import MirrorPlane  # noqa: E402
 
 
 def _fmt(p: MirrorPlane) -> str:
@@ -51,7 +51,7 @@ def _timed(
 
 
 def phantom_table(n: int, seed0: int) -> None:
-    from aem_synth.phantom import make_phantom_case
+    from aem_synth.phantom.generator import make_phantom_case
 
     print(f"(a) phantoms 240x240x155, n={n} (plane: offset vox, yaw deg, roll deg)")
     print(
@@ -81,7 +81,7 @@ def phantom_table(n: int, seed0: int) -> None:
 
 
 def small_table(n: int, seed0: int) -> None:
-    from aem_synth.phantom import make_phantom_case
+    from aem_synth.phantom.generator import make_phantom_case
 
     print(f"(c) small phantoms, n={n} per grid")
     print(f"{'grid':<12}{'med off err':>12}{'med ang err':>12}{'cpu med s':>10}{'cpu max s':>10}")

@@ -1,6 +1,6 @@
 """Codec x chunk shape table for the shard store (DESIGN §5), on BraTS-size data.
 
-For each codec of ``aem_synth.shards.CODECS`` and each chunk shape it writes
+For each codec of ``aem_synth.store.shards.CODECS`` and each chunk shape it writes
 one real sample, preprocessed and cropped to the brain box exactly as the
 build stores it (float16 image, uint8 label, through ``write_shard``), and
 prints:
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aem_synth.shards import CODECS, Sample, ShardReader, write_shard
+from aem_synth.store.shards import CODECS, Sample, ShardReader, write_shard
 
 CROP = 80
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "brats_samples"
@@ -40,12 +40,12 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "brats_samples"
 
 def load_sample(data: Path | None) -> tuple[str, np.ndarray, np.ndarray]:
     """A preprocessed, cropped case: (name, image float32 (4,x,y,z), label uint8 (x,y,z))."""
-    from aem_synth.discover import discover
-    from aem_synth.load import load_case
-    from aem_synth.preprocess import preprocess_case
+    from aem_synth.dataset.discover import discover
+    from aem_synth.dataset.load import load_case
+    from aem_synth.dataset.preprocess import preprocess_case
 
     if data is None or not data.is_dir():
-        from aem_synth.phantom import write_phantom_dataset
+        from aem_synth.phantom.generator import write_phantom_dataset
 
         data = Path(tempfile.mkdtemp(prefix="bench_codecs_phantom_"))
         write_phantom_dataset(data, n_cases=1, layout="brats2020", seed=0, shape=(240, 240, 155))
@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--crops", type=int, default=15)
     args = parser.parse_args()
-    from aem_synth.tuning import tune_worker
+    from aem_synth.build.tuning import tune_worker
 
     # Measured as build and loader workers run: one Blosc thread, tuned allocator.
     tune_worker()

@@ -35,9 +35,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from train.data.subsets import ALL_SUBSETS
+from train.inference.sliding_window import (
+    WindowOptions,
+    padded_shape,
+    predict_subsets,
+    window_boxes,
+)
 from train.models.base import Backbone
-from train.sliding_window import WindowOptions, padded_shape, predict_subsets, window_boxes
-from train.subsets import ALL_SUBSETS
 
 CASE = "Brats18_2013_2_1"
 
@@ -55,9 +60,9 @@ def _samples_dir() -> Path:
 
 def load_case(case_dir: Path) -> np.ndarray:
     """Normalised, brain-cropped image float32 (4, X, Y, Z) of a real case."""
-    from aem_synth.discover import discover_case
-    from aem_synth.load import load_case as load
-    from aem_synth.preprocess import preprocess_case
+    from aem_synth.dataset.discover import discover_case
+    from aem_synth.dataset.load import load_case as load
+    from aem_synth.dataset.preprocess import preprocess_case
 
     return preprocess_case(load(discover_case(case_dir))).image
 
@@ -173,7 +178,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from aem_synth.tuning import tune_allocator
+    from aem_synth.build.tuning import tune_allocator
     from train.models import build_backbone
 
     tuned = tune_allocator()  # as `train evaluate` does

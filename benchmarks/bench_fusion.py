@@ -12,7 +12,7 @@ references, both pure Python:
   through a dict;
 * **tight list loop** (a stricter reference): the arrays are turned into flat
   Python lists first (``tolist``) and fused by one ``for`` over ``zip``
-  (:func:`aem_synth.fusion.fuse_labels_loop`), which avoids numpy element
+  (:func:`aem_synth.synthesis.fusion.fuse_labels_loop`), which avoids numpy element
   access and is several times faster than the nested loop.
 
 The loops are timed on the first ``--loop-slices`` x-slices of the box (whole
@@ -35,7 +35,7 @@ from collections.abc import Callable  # noqa: E402
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 
-from aem_synth.fusion import fuse_labels, fuse_labels_loop  # noqa: E402
+from aem_synth.synthesis.fusion import fuse_labels, fuse_labels_loop  # noqa: E402
 from aem_synth.types import FUSION_RANK  # noqa: E402
 
 SHAPE = (140, 175, 135)

@@ -33,9 +33,9 @@ import nibabel as nib
 import nibabel.nifti1
 import numpy as np
 
-from aem_synth.discover import discover
-from aem_synth.load import load_case
-from aem_synth.preprocess import preprocess_case
+from aem_synth.dataset.discover import discover
+from aem_synth.dataset.load import load_case
+from aem_synth.dataset.preprocess import preprocess_case
 from aem_synth.types import CaseRecord
 
 BRATS_SHAPE = (240, 240, 155)
@@ -81,7 +81,7 @@ def bench_case(record: CaseRecord, runs: int) -> tuple[float, float]:
 
 def bench_phantom(runs: int, shape: tuple[int, int, int] = BRATS_SHAPE) -> tuple[float, float]:
     """Median seconds per case: generation alone, and generation + writing (brats2020)."""
-    from aem_synth.phantom import make_phantom_case, write_phantom_dataset
+    from aem_synth.phantom.generator import make_phantom_case, write_phantom_dataset
 
     gen, write = [], []
     for seed in range(runs):
@@ -105,7 +105,7 @@ def bench_phantom(runs: int, shape: tuple[int, int, int] = BRATS_SHAPE) -> tuple
 def _cases(root: Path | None, tmp: Path) -> tuple[str, list[CaseRecord]]:
     if root is not None:
         return f"real BraTS cases in {root}", discover(root)
-    from aem_synth.phantom import write_phantom_dataset
+    from aem_synth.phantom.generator import write_phantom_dataset
 
     write_phantom_dataset(tmp, n_cases=3, layout="brats2020", seed=0, shape=BRATS_SHAPE)
     return "phantom cases at 240x240x155 (no real samples found)", discover(tmp)

@@ -2,10 +2,10 @@
 
 Builds a temporary shard store of BraTS-like cropped samples (default 8 of
 (4, 140, 172, 136) float16, brain ellipsoid with smooth texture plus noise
-and a three-class tumour, written through ``aem_synth.shards.write_shard``
+and a three-class tumour, written through ``aem_synth.store.shards.write_shard``
 with the default codec, once with the default chunk shape and once with 32^3
-chunks, side by side), then times :class:`train.data.CropDataset` in-process
-(workers=0) and through :func:`train.data.make_loader` with 1 and 2 worker
+chunks, side by side), then times :class:`train.data.crops.CropDataset` in-process
+(workers=0) and through :func:`train.data.crops.make_loader` with 1 and 2 worker
 processes.  Each figure is the median of ``--repeats`` epochs after a warm-up
 epoch; next to the wall-clock rate it prints crops per CPU second of the
 producing processes, which is less sensitive to other load on the machine.
@@ -33,7 +33,7 @@ import numpy as np
 import psutil
 from scipy import ndimage
 
-from aem_synth.shards import (
+from aem_synth.store.shards import (
     DEFAULT_CHUNK,
     DEFAULT_CODEC,
     SCHEMA_VERSION,

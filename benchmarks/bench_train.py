@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from train.losses import rfnet_loss
+from train.fit.losses import rfnet_loss
 from train.models import build_backbone, count_parameters
 
 
@@ -96,7 +96,7 @@ def cpu_section(reps: int, full: bool) -> None:
 
 
 def _write_store(root: Path, n: int = 4, shape: tuple[int, int, int] = (144, 176, 140)) -> Path:
-    from aem_synth.shards import SCHEMA_VERSION, Sample, write_manifest, write_shard
+    from aem_synth.store.shards import SCHEMA_VERSION, Sample, write_manifest, write_shard
 
     rng = np.random.default_rng(0)
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
@@ -117,8 +117,8 @@ def gpu_section(reps: int, workers: int) -> None:
     if not torch.cuda.is_available():
         print("GPU: no CUDA device available on this machine; GPU figures not measured")
         return
-    from train.augment import BatchAugment
     from train.data import CropDataset, make_loader, stage_refs
+    from train.data.augment import BatchAugment
 
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
@@ -166,7 +166,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="also time 80^3 at batch 2 on CPU")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from aem_synth.tuning import tune_allocator
+    from aem_synth.build.tuning import tune_allocator
 
     print(f"allocator tuning {'on' if tune_allocator() else 'off'} (as in `train run`)")
     cpu_section(args.reps, args.full)

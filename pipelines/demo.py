@@ -123,7 +123,7 @@ def main(out: Path, cases: int, shape: str, workers: int, seed: int) -> None:
 
 
 def _first_synthetic_sample(shards: Path) -> str:
-    from aem_synth.shards import list_samples
+    from aem_synth.store.shards import list_samples
 
     refs = list_samples(shards, "synthetic")
     if not refs:

@@ -31,7 +31,7 @@ def brats_samples() -> Path:
 
 
 def _phantom(tmp_path_factory: pytest.TempPathFactory, layout: str, n: int, seed: int) -> Path:
-    from aem_synth.phantom import write_phantom_dataset
+    from aem_synth.phantom.generator import write_phantom_dataset
 
     out = tmp_path_factory.mktemp(f"phantom_{layout}")
     write_phantom_dataset(out, n_cases=n, layout=layout, seed=seed, shape=SMALL_SHAPE)

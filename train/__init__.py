@@ -1,9 +1,10 @@
 """Training package: stream AEM / real shards into a backbone for the three stages.
 
-Modules: ``config`` (typed configs), ``data`` (shard datasets), ``augment``
-(batch augmentation), ``models`` (backbone registry, RFNet), ``losses``,
-``loop`` (one training loop), ``stages`` (pretrain / train / posttrain),
-``kd`` (knowledge distillation), ``checkpoint``, ``evaluate``, ``predict``.
+Stages, one sub-package each: ``data`` (stream crops from shards, augmentation,
+modality subsets) -> ``models`` (backbone registry, RFNet) -> ``fit`` (loop,
+stages, KD, losses, checkpoints) -> ``inference`` (sliding window, metrics,
+evaluate, predict) -> ``report`` (tables, plots, figures); ``config`` holds the
+typed configs and ``cli`` the ``train`` command.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from aem_synth import __version__
 @click.version_option(__version__, prog_name="train")
 def main() -> None:
     """Train, evaluate and apply incomplete-modality brain-tumour segmentation models."""
-    from aem_synth.tuning import tune_allocator
+    from aem_synth.build.tuning import tune_allocator
 
     tune_allocator()
 
@@ -49,7 +49,7 @@ def run_cmd(
     import logging
 
     from train.config import load_config
-    from train.stages import run_stage
+    from train.fit.stages import run_stage
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -146,7 +146,7 @@ def evaluate_cmd(
     """Dice and HD95 of WT/TC/ET over the 15 modality subsets; prints the paper's table."""
     from pathlib import Path
 
-    from train.evaluate import evaluate
+    from train.inference.evaluate import evaluate
 
     try:
         result = evaluate(
@@ -195,7 +195,7 @@ def predict_cmd(case: str | None, root: str | None, layout: str, **kw: object) -
     """Segment patients with whatever modalities they have, in their original grid and labels."""
     from pathlib import Path
 
-    from train.predict import FolderPrediction, describe_mask, predict
+    from train.inference.predict import FolderPrediction, describe_mask, predict
 
     try:
         outcome = predict(

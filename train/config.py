@@ -91,7 +91,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Batch augmentation (see ``train.augment.BatchAugment``).
+    """Batch augmentation (see ``train.data.augment.BatchAugment``).
 
     Attributes
     ----------

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from aem_synth.shards import SCHEMA_VERSION, Sample, write_manifest, write_shard
-from train.checkpoint import save_checkpoint
+from aem_synth.store.shards import SCHEMA_VERSION, Sample, write_manifest, write_shard
+from train.fit.checkpoint import save_checkpoint
 
 SHAPE = (40, 40, 32)
 TINY = """

@@ -1,0 +1,188 @@
+"""Find BraTS cases on disk, whatever the release layout and nesting depth.
+
+A case is identified by its files' names (NIfTI layouts: ``<case>_t1.nii.gz`` /
+``<case>-t1n.nii.gz``) or by the folder holding its ``VSD.Brain`` sub-folders
+(``brats2015``).  Incomplete and unlabelled cases are returned with their
+``problems`` filled in, never dropped.  Two cases with the same id in different
+folders make the root unusable (``DatasetError`` naming both folders): ids key
+splits, shards and predictions, so they must be unique.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from aem_synth.dataset.layouts import LAYOUTS, SEG, Layout, resolve_layout
+from aem_synth.errors import CaseError, DatasetError
+from aem_synth.types import MODALITIES, CaseRecord
+
+__all__ = ["discover", "discover_case"]
+
+_GROUPS = ("HGG", "LGG")
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+# (layout name, case directory, case id) -> kind -> files
+_Groups = dict[tuple[str, Path, str], dict[str, list[Path]]]
+
+
+def discover(root: Path | str, layout: str | None = None) -> list[CaseRecord]:
+    """Find every case below ``root``.
+
+    Parameters
+    ----------
+    root : Path or str
+        Dataset root; cases may sit at any depth (``MICCAI_BraTS2020_TrainingData/``,
+        ``HGG/``, ``LGG/``...).
+    layout : str, optional
+        Force one layout (name or alias, see ``aem_synth.dataset.layouts``); by default
+        each case's layout is detected from its file names.
+
+    Returns
+    -------
+    list of CaseRecord
+        Sorted by ``case_id``.
+
+    Raises
+    ------
+    DatasetError
+        Missing or empty root, unknown layout, no recognisable case, or the same
+        case id in two folders.
+    """
+    root = Path(root)
+    layouts = _candidate_layouts(layout)
+    if not root.exists():
+        raise DatasetError(f"dataset root does not exist: {root}")
+    if not root.is_dir():
+        raise DatasetError(f"dataset root is not a folder: {root}")
+    if not any(root.iterdir()):
+        raise DatasetError(f"dataset root is empty: {root}")
+    groups = _classify(_walk_files(root), layouts)
+    if not groups:
+        names = ", ".join(lay.name for lay in layouts)
+        raise DatasetError(f"no BraTS case found under {root} (layouts tried: {names})")
+    records = [_record(key, files) for key, files in groups.items()]
+    _check_unique(records)
+    return sorted(records, key=lambda r: r.case_id)
+
+
+def discover_case(case_dir: Path | str, layout: str | None = None) -> CaseRecord:
+    """Describe a single patient folder (used for prediction).
+
+    Any non-empty subset of modalities is accepted; missing ones are listed in
+    ``problems``.  Files are looked for directly in ``case_dir`` and, for
+    ``brats2015``, in its ``VSD.Brain*`` sub-folders.
+
+    Raises
+    ------
+    CaseError
+        The folder does not exist, holds no modality file, or holds files of
+        several cases.
+    DatasetError
+        Unknown ``layout`` name.
+    """
+    case_dir = Path(case_dir)
+    layouts = _candidate_layouts(layout)
+    if not case_dir.is_dir():
+        raise CaseError(case_dir.name, f"case folder does not exist: {case_dir}")
+    files = [p for p in sorted(case_dir.iterdir()) if p.is_file()]
+    for sub in sorted(p for p in case_dir.iterdir() if p.is_dir()):
+        if LAYOUTS["brats2015"].parse(sub.name) is not None:
+            files.extend(p for p in sorted(sub.iterdir()) if p.is_file())
+    groups = _classify(files, layouts)
+    if len(groups) > 1:
+        ids = sorted(case_id for _, _, case_id in groups)
+        raise CaseError(case_dir.name, f"{case_dir} holds files of several cases: {ids}")
+    records = [_record(key, found) for key, found in groups.items()]
+    if not records or not records[0].modalities:
+        raise CaseError(case_dir.name, f"no modality file found in {case_dir}")
+    return records[0]
+
+
+def _candidate_layouts(layout: str | None) -> list[Layout]:
+    if layout is None or layout == "auto":
+        return list(LAYOUTS.values())
+    return [resolve_layout(layout)]
+
+
+def _walk_files(root: Path) -> list[Path]:
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files.extend(Path(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
+    return files
+
+
+def _classify(files: Iterable[Path], layouts: Sequence[Layout]) -> _Groups:
+    """Group files by (layout, case folder, case id) and kind; unrelated files are ignored."""
+    groups: _Groups = defaultdict(lambda: defaultdict(list))
+    for path in files:
+        found = _classify_file(path, layouts)
+        if found is not None:
+            layout_name, case_dir, case_id, kind = found
+            groups[(layout_name, case_dir, case_id)][kind].append(path)
+    return groups
+
+
+def _classify_file(path: Path, layouts: Sequence[Layout]) -> tuple[str, Path, str, str] | None:
+    name = path.name
+    for lay in layouts:
+        if lay.file_format == "nifti" and name.lower().endswith(_NIFTI_SUFFIXES):
+            parsed = lay.parse(name)
+            if parsed is not None:
+                return lay.name, path.parent, parsed[0], parsed[1]
+        elif lay.file_format == "mha" and name.lower().endswith(".mha"):
+            parsed = lay.parse(name[: -len(".mha")])
+            if parsed is not None:
+                # Files sit in VSD.Brain* sub-folders of the case folder, or directly in it.
+                in_sub = lay.parse(path.parent.name) is not None
+                case_dir = path.parent.parent if in_sub else path.parent
+                return lay.name, case_dir, case_dir.name, parsed[1]
+    return None
+
+
+def _record(key: tuple[str, Path, str], files: dict[str, list[Path]]) -> CaseRecord:
+    layout_name, case_dir, case_id = key
+    lay = LAYOUTS[layout_name]
+    problems: list[str] = []
+    for kind, paths in files.items():
+        if len(paths) > 1:
+            listed = ", ".join(str(p) for p in paths)
+            problems.append(f"several {kind} files, using the first: {listed}")
+    modalities = {m: files[m][0] for m in MODALITIES if files.get(m)}
+    for m in MODALITIES:
+        if m not in modalities:
+            problems.append(f"incomplete: missing {m} ({lay.expected_name(case_id, m)})")
+    seg = files[SEG][0] if files.get(SEG) else None
+    if seg is None:
+        problems.append(f"unlabelled: no segmentation ({lay.expected_name(case_id, SEG)})")
+    return CaseRecord(
+        case_id=case_id,
+        layout=layout_name,
+        directory=case_dir,
+        modalities=modalities,
+        seg=seg,
+        group=_group_of(case_dir),
+        problems=tuple(problems),
+    )
+
+
+def _group_of(case_dir: Path) -> str | None:
+    for part in (case_dir.parent.name, case_dir.name):
+        if part.upper() in _GROUPS:
+            return part.upper()
+    return None
+
+
+def _check_unique(records: list[CaseRecord]) -> None:
+    folders: dict[str, list[Path]] = defaultdict(list)
+    for rec in records:
+        folders[rec.case_id].append(rec.directory)
+    dups = {cid: dirs for cid, dirs in folders.items() if len(dirs) > 1}
+    if dups:
+        detail = "; ".join(
+            f"{cid!r} in {' and '.join(str(d) for d in dirs)}" for cid, dirs in sorted(dups.items())
+        )
+        raise DatasetError(f"duplicate case ids: {detail}")

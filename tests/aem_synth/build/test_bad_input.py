@@ -1,0 +1,221 @@
+"""Every bad input of issue 2 gets a clear error or a reported problem."""
+
+from __future__ import annotations
+
+import gzip
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from aem_synth.dataset.discover import discover, discover_case
+from aem_synth.dataset.load import load_case, load_volume
+from aem_synth.errors import CaseError, DatasetError
+from aem_synth.types import MODALITIES
+
+SHAPE = (6, 5, 4)
+TOKENS = ("flair", "t1", "t1ce", "t2")
+
+
+def image(seed: int, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(1, 100, size=shape).astype(np.float32)
+
+
+def write_case(
+    root: Path, case_id: str = "Brats18_x", *, tokens: tuple[str, ...] = TOKENS, seg: bool = True
+) -> Path:
+    case = root / case_id
+    case.mkdir(parents=True)
+    for i, tok in enumerate(tokens):
+        nib.save(nib.Nifti1Image(image(i), np.eye(4)), case / f"{case_id}_{tok}.nii.gz")
+    if seg:
+        labels = np.zeros(SHAPE, dtype=np.uint8)
+        labels[2:4, 2:4, 1:3] = 2
+        labels[2, 2, 2] = 4
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), case / f"{case_id}_seg.nii.gz")
+    return case
+
+
+def replace(case: Path, token: str, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path = case / f"{case.name}_{token}.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), path)
+    return path
+
+
+def test_missing_root(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"dataset root does not exist: .*nowhere"):
+        discover(tmp_path / "nowhere")
+
+
+def test_root_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").touch()
+    with pytest.raises(DatasetError, match=r"not a folder: .*f.txt"):
+        discover(tmp_path / "f.txt")
+
+
+def test_empty_root(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=rf"dataset root is empty: {tmp_path}"):
+        discover(tmp_path)
+
+
+def test_root_without_recognisable_case(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "scan.nii.gz").touch()
+    with pytest.raises(DatasetError, match=r"no BraTS case found under"):
+        discover(tmp_path)
+
+
+def test_unknown_layout(tmp_path: Path) -> None:
+    write_case(tmp_path)
+    with pytest.raises(DatasetError, match=r"unknown layout 'brats2030'; valid layouts: brats2015"):
+        discover(tmp_path, layout="brats2030")
+
+
+def test_missing_modality_file_is_reported_and_loadable(tmp_path: Path) -> None:
+    write_case(tmp_path, tokens=("flair", "t1", "t2"))
+    (rec,) = discover(tmp_path)
+    assert rec.problems == ("incomplete: missing t1ce (Brats18_x_t1ce.nii.gz)",)
+    case = load_case(rec)
+    assert case.present == (True, True, False, True)
+    assert not case.image[MODALITIES.index("t1ce")].any()
+
+
+def test_no_modality_at_all(tmp_path: Path) -> None:
+    write_case(tmp_path, tokens=())
+    (rec,) = discover(tmp_path)
+    assert len(rec.problems) == 4
+    with pytest.raises(CaseError, match=r"Brats18_x: no modality file in"):
+        load_case(rec)
+
+
+def test_unlabelled_when_label_required(tmp_path: Path) -> None:
+    case = write_case(tmp_path, seg=False)
+    assert load_case(discover_case(case)).label is None
+    with pytest.raises(CaseError, match=r"Brats18_x: unlabelled: no segmentation file"):
+        load_case(discover_case(case), require_label=True)
+
+
+def test_shape_mismatch_names_both_files(tmp_path: Path) -> None:
+    case = write_case(tmp_path)
+    replace(case, "t2", image(9, (6, 5, 5)))
+    with pytest.raises(
+        CaseError,
+        match=r"Brats18_x: shape mismatch: Brats18_x_t2.nii.gz has \(6, 5, 5\) "
+        r"but Brats18_x_flair.nii.gz has \(6, 5, 4\)",
+    ):
+        load_case(discover_case(case))
+
+
+def test_seg_shape_mismatch(tmp_path: Path) -> None:
+    case = write_case(tmp_path)
+    replace(case, "seg", np.zeros((6, 5, 3), dtype=np.uint8))
+    with pytest.raises(CaseError, match=r"shape mismatch: Brats18_x_seg.nii.gz has \(6, 5, 3\)"):
+        load_case(discover_case(case))
+
+
+def test_affine_mismatch_names_both_files_and_size(tmp_path: Path) -> None:
+    case = write_case(tmp_path)
+    shifted = np.eye(4)
+    shifted[0, 3] = 0.5
+    replace(case, "t1ce", image(2), shifted)
+    with pytest.raises(
+        CaseError,
+        match=r"affine mismatch: Brats18_x_t1ce.nii.gz differs from Brats18_x_flair.nii.gz by 0.5 mm",
+    ):
+        load_case(discover_case(case))
+
+
+def test_affine_within_tolerance_is_accepted(tmp_path: Path) -> None:
+    case = write_case(tmp_path)
+    nudged = np.eye(4)
+    nudged[1, 3] = 2e-4
+    replace(case, "t1", image(1), nudged)
+    assert load_case(discover_case(case)).present == (True,) * 4
+
+
+def test_4d_with_trailing_singleton_is_accepted(tmp_path: Path) -> None:
+    case = write_case(tmp_path)
+    replace(case, "flair", image(0)[..., None])
+    replace(case, "seg", np.zeros((*SHAPE, 1), dtype=np.uint8))
+    loaded = load_case(discover_case(case))
+    assert loaded.image.shape == (4, *SHAPE)
+    np.testing.assert_array_equal(loaded.image[0], image(0))
+    assert loaded.geometry.original_shape == SHAPE
+
+
+def test_true_4d_is_rejected(tmp_path: Path) -> None:
+    case = write_case(tmp_path)
+    path = replace(case, "flair", image(0, (*SHAPE, 2)))
+    with pytest.raises(
+        CaseError, match=rf"{path}: expected a 3-D volume, got shape \(6, 5, 4, 2\)"
+    ):
+        load_case(discover_case(case))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_inf_intensities_name_the_file(tmp_path: Path, bad: float) -> None:
+    case = write_case(tmp_path)
+    data = image(3)
+    data[1, 1, 1] = bad
+    path = replace(case, "t2", data)
+    with pytest.raises(CaseError, match=rf"Brats18_x: {path}: 1 NaN/Inf intensities"):
+        load_case(discover_case(case))
+    with pytest.raises(CaseError, match="NaN/Inf"):
+        load_volume(path)
+
+
+def test_all_zero_modality(tmp_path: Path) -> None:
+    case = write_case(tmp_path)
+    path = replace(case, "t1", np.zeros(SHAPE, dtype=np.int16))
+    with pytest.raises(CaseError, match=rf"Brats18_x: {path}: t1 is all zero"):
+        load_case(discover_case(case))
+
+
+@pytest.mark.parametrize("keep", [0.2, 0.7])
+def test_truncated_gzip_names_the_file(tmp_path: Path, keep: float) -> None:
+    case = write_case(tmp_path)
+    # Large enough that a cut at 70% keeps the header and breaks the voxel data.
+    big = np.random.default_rng(0).uniform(1, 2, size=(40, 40, 40)).astype(np.float32)
+    path = replace(case, "t1ce", big)
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+    with pytest.raises(CaseError, match=rf"Brats18_x: cannot read {re.escape(str(path))}"):
+        load_case(discover_case(case))
+
+
+def test_garbage_gzip_names_the_file(tmp_path: Path) -> None:
+    case = write_case(tmp_path)
+    path = case / "Brats18_x_flair.nii.gz"
+    path.write_bytes(b"\x1f\x8b\x08\x00 this is not a gzip stream" * 4)
+    with pytest.raises(CaseError, match=rf"cannot read {re.escape(str(path))}"):
+        load_case(discover_case(case))
+
+
+def test_gzip_of_non_nifti_names_the_file(tmp_path: Path) -> None:
+    case = write_case(tmp_path)
+    path = case / "Brats18_x_seg.nii.gz"
+    path.write_bytes(gzip.compress(b"hello" * 100))
+    with pytest.raises(CaseError, match=rf"cannot read {re.escape(str(path))}"):
+        load_case(discover_case(case))
+
+
+def test_unknown_label_values_are_listed(tmp_path: Path) -> None:
+    case = write_case(tmp_path)
+    seg = np.zeros(SHAPE, dtype=np.int16)
+    seg[0, 0, 0], seg[1, 1, 1], seg[2, 2, 2] = 3, 4, 6
+    path = replace(case, "seg", seg)
+    with pytest.raises(
+        CaseError, match=rf"Brats18_x: {path}: unknown label values \[3, 6\] for layout brats2020"
+    ):
+        load_case(discover_case(case))
+
+
+def test_duplicate_case_ids_name_both_folders(tmp_path: Path) -> None:
+    write_case(tmp_path / "HGG")
+    write_case(tmp_path / "copy")
+    with pytest.raises(
+        DatasetError,
+        match=rf"duplicate case ids: 'Brats18_x' in {tmp_path}/HGG/Brats18_x and {tmp_path}/copy/Brats18_x",
+    ):
+        discover(tmp_path)

@@ -1,0 +1,230 @@
+"""The shard builder end to end on small phantoms: layout, meta, pairing, replay, bad cases."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from aem_synth.build import BuildOptions, build
+from aem_synth.build.tasks import synthesis_input
+from aem_synth.cli import main
+from aem_synth.errors import BuildError
+from aem_synth.store.cache import read_case
+from aem_synth.store.shards import ShardReader, list_samples, read_manifest
+from aem_synth.store.verify import verify_store
+
+REAL_KEYS = {
+    "kind",
+    "sample_id",
+    "case_id",
+    "split",
+    "layout",
+    "crop_box",
+    "full_shape",
+    "spacing",
+    "original_shape",
+    "original_affine",
+    "canonical_affine",
+    "ornt",
+    "present",
+    "stats",
+    "calibration",
+}
+SYNTH_KEYS = {
+    "kind",
+    "sample_id",
+    "anatomy",
+    "donor",
+    "crop_box",
+    "full_shape",
+    "spacing",
+    "present",
+    "params",
+}
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 small phantom cases (48x48x32, BraTS 2020 layout)."""
+    from aem_synth.phantom.generator import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("phantoms")
+    write_phantom_dataset(root, n_cases=6, layout="brats2020", seed=11, shape=(48, 48, 32))
+    return root
+
+
+def _options(root: Path, out: Path, **kw) -> BuildOptions:
+    kw = {"multiplier": 2, "workers": 1, "shard_size": 4, "progress": False, **kw}
+    return BuildOptions(root=root, out=out, **kw)
+
+
+@pytest.fixture(scope="module")
+def built(phantoms: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("build") / "shards"
+    summary = build(_options(phantoms, out, keep_work=True))
+    return out, summary
+
+
+def _metas(root: Path, kind: str) -> dict[str, dict]:
+    out = {}
+    for ref in list_samples(root, kind):
+        with ShardReader(ref.shard) as r:
+            out[ref.sample_id] = r.meta(ref.sample_id)
+    return out
+
+
+def test_store_layout_and_summary(built) -> None:
+    out, summary = built
+    manifest = read_manifest(out)
+    train = manifest["splits"]["train"]
+    assert summary.real_samples == 6 and summary.skipped == ()
+    assert summary.synthetic_samples == 2 * len(train)
+    assert manifest["totals"]["samples"] == summary.samples
+    files = {e["file"] for e in manifest["shards"]}
+    assert {"real/train-00000.h5", "synthetic/aem-00000.h5"} <= files
+    assert summary.bytes == sum((out / f).stat().st_size for f in files)
+    for split, ids in manifest["splits"].items():
+        assert (out / "splits" / f"{split}.txt").read_text().split() == ids
+    assert not list(out.rglob(".*.tmp-*"))
+    assert verify_store(out).ok
+    assert "samples: " in summary.format()
+
+
+def test_real_sample_meta(built) -> None:
+    out, _ = built
+    manifest = read_manifest(out)
+    for sid, meta in _metas(out, "real").items():
+        assert set(meta) == REAL_KEYS
+        assert sid in manifest["splits"][meta["split"]]
+        assert meta["present"] == [True] * 4
+        assert np.asarray(meta["original_affine"]).shape == (4, 4)
+        assert set(meta["calibration"]) >= {"plane", "dice_flip", "dice_plane"}
+
+
+def test_synthetic_meta_and_pairing(built) -> None:
+    out, _ = built
+    manifest = read_manifest(out)
+    train = set(manifest["splits"]["train"])
+    metas = _metas(out, "synthetic")
+    by_anatomy: dict[str, list[str]] = {}
+    for meta in metas.values():
+        assert set(meta) == SYNTH_KEYS
+        assert meta["present"] == [True] * 4
+        assert meta["params"]["mode"] == "signed" and meta["params"]["method"] == "aem"
+        assert meta["anatomy"] != meta["donor"]
+        assert {meta["anatomy"], meta["donor"]} <= train
+        assert manifest["cases"][meta["donor"]]["has_tumour"]
+        by_anatomy.setdefault(meta["anatomy"], []).append(meta["donor"])
+    assert set(by_anatomy) == train
+    assert all(len(d) == 2 and len(set(d)) == 2 for d in by_anatomy.values())
+
+
+def test_synthetic_crop_is_anatomy_box(built) -> None:
+    out, _ = built
+    manifest = read_manifest(out)
+    for ref in list_samples(out, "synthetic"):
+        with ShardReader(ref.shard) as r:
+            meta = r.meta(ref.sample_id)
+            box = manifest["cases"][meta["anatomy"]]["box"]
+            assert meta["crop_box"] == box
+            assert r.shape(ref.sample_id) == tuple(b - a for a, b in box)
+            assert set(np.unique(r.label(ref.sample_id)).tolist()) <= {0, 1, 2, 3}
+
+
+def test_replaying_params_gives_same_arrays(built) -> None:
+    from aem_synth.synthesis.sample import SynthesisParams, apply
+
+    out, _ = built
+    work = out / ".work"
+    for ref in list_samples(out, "synthetic")[:3]:
+        with ShardReader(ref.shard) as r:
+            meta = r.meta(ref.sample_id)
+            stored_img, stored_lab = r.image(ref.sample_id), r.label(ref.sample_id)
+        a, b = read_case(work, meta["anatomy"]), read_case(work, meta["donor"])
+        params = SynthesisParams.from_dict(meta["params"])
+        image, label = apply(params, synthesis_input(a), synthesis_input(b))
+        sl = tuple(slice(lo, hi) for lo, hi in meta["crop_box"])
+        replay = image[(slice(None), *sl)].astype(np.float16).astype(np.float32)
+        np.testing.assert_array_equal(replay, stored_img)
+        np.testing.assert_array_equal(label[sl], stored_lab)
+
+
+def _case_files(root: Path) -> dict[str, Path]:
+    return {p.parent.name: p.parent for p in sorted(root.rglob("*_flair.nii.gz"))}
+
+
+@pytest.fixture(scope="module")
+def damaged(phantoms: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A copy of the phantoms with a corrupt, an unlabelled and an incomplete case."""
+    root = Path(shutil.copytree(phantoms, tmp_path_factory.mktemp("damaged") / "data"))
+    cases = _case_files(root)
+    corrupt, unlabelled, incomplete, *good = sorted(cases)
+    (cases[corrupt] / f"{corrupt}_flair.nii.gz").write_bytes(b"not a nifti file")
+    (cases[unlabelled] / f"{unlabelled}_seg.nii.gz").unlink()
+    (cases[incomplete] / f"{incomplete}_t1ce.nii.gz").unlink()
+    splits = root.parent / "splits"
+    splits.mkdir()
+    (splits / "train.txt").write_text("\n".join([corrupt, incomplete, good[0], good[1]]))
+    (splits / "val.txt").write_text(good[2])
+    (splits / "test.txt").write_text("")
+    return root, splits, (corrupt, unlabelled, incomplete)
+
+
+def test_bad_cases_are_skipped_and_reported(damaged, tmp_path: Path) -> None:
+    root, splits, (corrupt, unlabelled, incomplete) = damaged
+    out = tmp_path / "shards"
+    summary = build(_options(root, out, multiplier=1, splits_dir=splits))
+    skipped = dict(summary.skipped)
+    assert set(skipped) == {corrupt, unlabelled}
+    assert "cannot read" in skipped[corrupt] and "no segmentation" in skipped[unlabelled]
+    assert dict(summary.excluded)[incomplete] == "incomplete (missing t1ce)"
+    assert summary.synthetic_samples == 2 and summary.real_samples == 4
+    metas = _metas(out, "real")
+    assert metas[incomplete]["present"] == [True, True, False, True]
+    assert all(
+        incomplete not in (m["anatomy"], m["donor"]) for m in _metas(out, "synthetic").values()
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {s["case_id"] for s in manifest["skipped"]} == {corrupt, unlabelled}
+    assert verify_store(out).ok
+
+
+def test_strict_makes_a_bad_case_fatal(damaged, tmp_path: Path) -> None:
+    root, splits, (corrupt, _, _) = damaged
+    out = tmp_path / "shards"
+    with pytest.raises(BuildError, match=rf"{corrupt}: .*--strict"):
+        build(_options(root, out, multiplier=1, splits_dir=splits, strict=True))
+    assert not (out / "manifest.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"multiplier": -1}, "multiplier must be >= 0, got -1"),
+        ({"mode": "square"}, "mode must be 'signed' or 'abs'"),
+        ({"method": "cutmix"}, "method must be 'aem' or 'mixup'"),
+        ({"workers": 0}, "workers must be >= 1"),
+        ({"shard_size": 0}, "shard_size must be >= 1"),
+        ({"codec": "zip"}, "codec must be one of"),
+    ],
+)
+def test_options_are_validated(kw: dict, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=message):
+        BuildOptions(root=tmp_path, out=tmp_path / "o", **kw)
+
+
+def test_cli_build_help_and_missing_root(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["build", "--help"])
+    assert result.exit_code == 0
+    for flag in ("--multiplier", "--scheduler", "--shard-size", "--allow-incomplete", "--strict"):
+        assert flag in result.output
+    result = runner.invoke(
+        main, ["build", "--in", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2 and "error:" in result.output

@@ -1,0 +1,142 @@
+"""Stages end to end on a tiny shard store: outputs, initialisation chain, done/force, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tests.train.helpers import make_store, read_rows, tiny_config_file
+from train.cli import main as train_cli
+from train.config import Config, load_config
+from train.fit.checkpoint import load_checkpoint
+from train.fit.loop import NonFiniteLossError
+from train.fit.stages import StageError, resolve_init, run_stage
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_store(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory, store: Path) -> tuple[Config, Path]:
+    """All three stages run once (shared by the tests that inspect their outputs)."""
+    tmp = tmp_path_factory.mktemp("chain")
+    path = tiny_config_file(tmp, store)
+    cfg = load_config(path)
+    for stage in ("pretrain", "train", "posttrain"):
+        result = run_stage(cfg, stage, progress=False)
+        assert result.status == "finished"
+    return cfg, path
+
+
+def test_each_stage_writes_its_outputs_with_one_row_per_step(chain: tuple[Config, Path]) -> None:
+    cfg, _ = chain
+    for stage in ("pretrain", "train", "posttrain"):
+        out = cfg.stage_dir(stage)
+        for name in ("last.pt", "final.pt", "config.toml", "metrics.csv", "loss_curve.png"):
+            assert (out / name).is_file(), f"{stage}: {name} missing"
+        rows = read_rows(out / "metrics.csv")
+        total = cfg.stage_config(stage).total_steps
+        assert [int(r["step"]) for r in rows] == list(range(1, total + 1))
+        assert all(np.isfinite(float(r["loss"])) for r in rows)
+        assert load_config(out / "config.toml") == cfg
+        final = load_checkpoint(out / "final.pt")
+        assert final["finished"] and final["stage"] == stage and final["step"] == total
+
+
+def test_lr_follows_the_poly_schedule(chain: tuple[Config, Path]) -> None:
+    cfg, _ = chain
+    sc = cfg.stage.pretrain
+    rows = read_rows(cfg.stage_dir("pretrain") / "metrics.csv")
+    expected = [sc.lr * (1 - s / sc.total_steps) ** sc.poly_power for s in range(sc.total_steps)]
+    np.testing.assert_allclose([float(r["lr"]) for r in rows], expected, rtol=1e-5)
+
+
+def test_validation_is_logged_on_validated_epoch_ends(chain: tuple[Config, Path]) -> None:
+    cfg, _ = chain
+    rows = read_rows(cfg.stage_dir("posttrain") / "metrics.csv")
+    filled = [int(r["step"]) for r in rows if r["val_loss"]]
+    assert filled == [cfg.stage.posttrain.total_steps]  # validate_every = 2 of 2 epochs
+    dice = float(rows[-1]["val_dice_wt"])
+    assert 0.0 <= dice <= 1.0
+    assert {"seg", "kd", "kd_feat", "kd_pred"} <= set(rows[0])
+
+
+def test_stages_chain_their_initialisation(chain: tuple[Config, Path]) -> None:
+    cfg, _ = chain
+    assert load_checkpoint(cfg.stage_dir("pretrain") / "final.pt")["init"] == "scratch"
+    for stage, prev in (("train", "pretrain"), ("posttrain", "train")):
+        init = load_checkpoint(cfg.stage_dir(stage) / "final.pt")["init"]
+        assert init == str(cfg.stage_dir(prev) / "final.pt")
+
+
+def test_posttrain_final_checkpoint_holds_the_teacher(chain: tuple[Config, Path]) -> None:
+    cfg, _ = chain
+    data = load_checkpoint(cfg.stage_dir("posttrain") / "final.pt")
+    teacher, student = data["objective"]["teacher"], data["model"]
+    assert teacher.keys() == student.keys()
+    # kd_refresh_every = 1: the teacher was refreshed after the last epoch, so it equals the student.
+    assert all(torch.equal(teacher[k], student[k]) for k in student)
+
+
+def test_rerun_of_a_finished_stage_says_done_and_force_runs_again(
+    chain: tuple[Config, Path],
+) -> None:
+    cfg, path = chain
+    runner = CliRunner()
+    args = ["run", "--stage", "train", "--config", str(path), "--no-progress"]
+    res = runner.invoke(train_cli, args)
+    assert res.exit_code == 0, res.output
+    assert "already done" in res.output and "--force" in res.output
+    before = (cfg.stage_dir("train") / "final.pt").stat().st_mtime_ns
+    res = runner.invoke(train_cli, [*args, "--force"])
+    assert res.exit_code == 0, res.output
+    assert "finished after 2 steps" in res.output
+    assert (cfg.stage_dir("train") / "final.pt").stat().st_mtime_ns != before
+    assert len(read_rows(cfg.stage_dir("train") / "metrics.csv")) == 2
+
+
+def test_missing_previous_checkpoint_names_path_and_command(tmp_path: Path, store: Path) -> None:
+    path = tiny_config_file(tmp_path, store)
+    cfg = load_config(path)
+    expected = str(cfg.stage_dir("pretrain") / "final.pt")
+    with pytest.raises(StageError, match=rf"{expected}.*train run --stage pretrain --config"):
+        resolve_init(cfg, "train")
+    res = CliRunner().invoke(train_cli, ["run", "--stage", "posttrain", "--config", str(path)])
+    assert res.exit_code == 2
+    assert "train run --stage train" in res.output
+    assert resolve_init(load_config(path, ["stage.train.init=scratch"]), "train") is None
+    with pytest.raises(StageError, match=r"nowhere\.pt.*stage\.train\.init"):
+        resolve_init(load_config(path, ["stage.train.init=nowhere.pt"]), "train")
+
+
+def test_non_finite_loss_stops_with_step_and_part_and_keeps_last_checkpoint(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import train.fit.losses
+
+    real = train.fit.losses.rfnet_loss
+    calls = {"n": 0}
+
+    def flaky(out, target, **kw):
+        loss, parts = real(out, target, **kw)
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third training step
+            return loss * float("nan"), {**parts, "aux": float("nan")}
+        return loss, parts
+
+    monkeypatch.setattr(train.fit.losses, "rfnet_loss", flaky)
+    cfg = load_config(tiny_config_file(tmp_path, store), ["data.val_crops=0"])
+    with pytest.raises(NonFiniteLossError, match=r"step 3 \(epoch 1\).*aux = nan.*last\.pt"):
+        run_stage(cfg, "pretrain", progress=False)
+    out = cfg.stage_dir("pretrain")
+    assert not (out / "final.pt").exists()
+    assert load_checkpoint(out / "last.pt")["step"] == 2
+    assert [int(r["step"]) for r in read_rows(out / "metrics.csv")] == [1, 2]

@@ -32,7 +32,20 @@ def main() -> None:
     type=click.Choice(["pretrain", "train", "posttrain"]),
     help="Stage to run (each starts from the previous stage's final.pt by default).",
 )
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="TOML config. Default: the paper recipe of the dataset named in "
+    "<shards>/manifest.json (pipelines/generic.toml when it names none).",
+)
+@click.option(
+    "--shards",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Shard store (default: ./shards without --config, the config's own with it).",
+)
 @click.option(
     "--set",
     "overrides",
@@ -43,19 +56,30 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Delete this stage's outputs and run it again.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def run_cmd(
-    stage: str, config_path: str, overrides: tuple[str, ...], force: bool, no_progress: bool
+    stage: str,
+    config_path: str | None,
+    shards: str | None,
+    overrides: tuple[str, ...],
+    force: bool,
+    no_progress: bool,
 ) -> None:
     """Run (or resume after a kill) one training stage; outputs in runs_dir/name/<stage>/."""
     import logging
 
-    from train.config import load_config
     from train.fit.stages import run_stage
+    from train.recipes import resolve_config
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg = load_config(config_path, list(overrides))
+        resolved = resolve_config(config_path, overrides, shards)
+        click.echo(resolved.describe())
+        cfg = resolved.config
         result = run_stage(
-            cfg, stage, force=force, progress=not no_progress, config_path=config_path
+            cfg,
+            stage,
+            force=force,
+            progress=not no_progress,
+            config_path=config_path or resolved.source,
         )
     except (ValueError, RuntimeError, OSError) as exc:
         _fail_exit(exc)
@@ -76,10 +100,10 @@ def _inference_options(f: click.decorators.FC) -> click.decorators.FC:
     options = [
         click.option(
             "--window",
-            default=80,
-            show_default=True,
+            default=None,
             type=click.IntRange(min=8),
-            help="Cubic window size in voxels (multiple of 8).",
+            help="Cubic window size in voxels (multiple of 8); default: the training crop "
+            "recorded in the checkpoint.",
         ),
         click.option(
             "--overlap",
@@ -124,7 +148,20 @@ def _fail_exit(exc: Exception) -> None:
 
 
 @main.command("evaluate")
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--checkpoint",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Checkpoint (best.pt, final.pt, ...). Default: best.pt of the last stage that has "
+    "one, in the run of --config (or of the default recipe of ./shards).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Config whose run holds the checkpoint, when --checkpoint is not given.",
+)
 @click.option("--split", default="test", show_default=True, help="Real split of the shard store.")
 @click.option(
     "--shards",
@@ -141,14 +178,24 @@ def _fail_exit(exc: Exception) -> None:
 )
 @_inference_options
 def evaluate_cmd(
-    checkpoint: str, split: str, shards: str | None, out_dir: str | None, **kw: object
+    checkpoint: str | None,
+    config_path: str | None,
+    split: str,
+    shards: str | None,
+    out_dir: str | None,
+    **kw: object,
 ) -> None:
     """Dice and HD95 of WT/TC/ET over the 15 modality subsets; prints the paper's table."""
     from pathlib import Path
 
     from train.inference.evaluate import evaluate
+    from train.recipes import latest_checkpoint, resolve_config
 
     try:
+        if checkpoint is None:
+            cfg = resolve_config(config_path, (), shards).config
+            checkpoint = str(latest_checkpoint(cfg))
+            click.echo(f"checkpoint: {checkpoint}")
         result = evaluate(
             Path(checkpoint),
             split=split,

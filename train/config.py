@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CLASS_WEIGHTINGS",
+    "LossConfig",
     "STAGES",
     "AugmentConfig",
     "Config",
@@ -36,6 +38,8 @@ __all__ = [
 
 STAGES: tuple[str, str, str] = ("pretrain", "train", "posttrain")
 DEVICES = ("auto", "cpu", "cuda")
+CLASS_WEIGHTINGS = ("rfnet", "none", "sqrt")
+"""Cross-entropy class weightings (``loss.class_weights``; see ``train.fit.losses``)."""
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -79,14 +83,31 @@ class DataConfig:
     mix_real_ratio : float
         Pretrain only: share of real training cases mixed into the synthetic
         stream, in [0, 1).
-    val_crops : int
-        Validation crops (fixed, all four modalities) per validation pass; 0 disables it.
+    val_cases : int
+        Validation cases (full volumes, sliding window of the crop size, all 15
+        modality subsets) per validation pass: the first ``val_cases`` of the
+        validation split, 0 for all of them.
     """
 
     crop: tuple[int, int, int] = (80, 80, 80)
     tumour_share: float = 0.5
     mix_real_ratio: float = 0.0
-    val_crops: int = 8
+    val_cases: int = 0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Segmentation loss options (every output term: cross-entropy + soft Dice).
+
+    Attributes
+    ----------
+    class_weights : str
+        Cross-entropy class weighting (``train.fit.losses.CLASS_WEIGHTINGS``):
+        ``"rfnet"`` (``1 - frequency`` per sample, the paper's), ``"none"``
+        (plain cross-entropy) or ``"sqrt"`` (inverse square-root batch frequency).
+    """
+
+    class_weights: str = "none"
 
 
 @dataclass(frozen=True)
@@ -127,6 +148,9 @@ class StageConfig:
         ``batch_size`` crops per process.
     lr, weight_decay, poly_power : float
         Adam (amsgrad) with ``lr * (1 - step / total) ** poly_power`` per step.
+    warmup_steps : int
+        Linear warm-up from ``lr / warmup_steps`` to ``lr`` over the first
+        ``warmup_steps`` steps, then the poly decay over the remaining ones; 0: none.
     init : str
         ``"scratch"``, ``"previous"`` (the previous stage's ``final.pt``; the
         default, and the same as scratch for pretrain) or a checkpoint path.
@@ -140,7 +164,8 @@ class StageConfig:
     checkpoint_every : int
         Steps between rolling ``last.pt`` checkpoints (also written at every epoch end).
     validate_every : int
-        Epochs between validation passes; 0 disables validation.
+        Epochs between full-volume validation passes (and at the last epoch);
+        0 disables validation and ``best.pt``.
     """
 
     epochs: int = 300
@@ -149,6 +174,7 @@ class StageConfig:
     lr: float = 2e-4
     weight_decay: float = 1e-4
     poly_power: float = 0.9
+    warmup_steps: int = 0
     init: str = "previous"
     kd_refresh_every: int = 5
     kd_weight: float = 1.0
@@ -200,6 +226,7 @@ class Config:
     workers: int = 2
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
+    loss: LossConfig = LossConfig()
     augment: AugmentConfig = AugmentConfig()
     stage: Stages = Stages()
 
@@ -283,6 +310,12 @@ def _check(cfg: Config) -> None:
             0.0 <= cfg.data.mix_real_ratio < 1.0,
             f"data.mix_real_ratio must be in [0, 1), got {cfg.data.mix_real_ratio}",
         ),
+        (cfg.data.val_cases >= 0, f"data.val_cases must be >= 0, got {cfg.data.val_cases}"),
+        (
+            cfg.loss.class_weights in CLASS_WEIGHTINGS,
+            f"loss.class_weights must be one of {list(CLASS_WEIGHTINGS)}, "
+            f"got {cfg.loss.class_weights!r}",
+        ),
         (
             cfg.model.num_classes >= 2,
             f"model.num_classes must be >= 2, got {cfg.model.num_classes}",
@@ -298,6 +331,11 @@ def _check(cfg: Config) -> None:
             (s.lr > 0, f"{p}.lr must be > 0, got {s.lr}"),
             (s.weight_decay >= 0, f"{p}.weight_decay must be >= 0, got {s.weight_decay}"),
             (s.poly_power >= 0, f"{p}.poly_power must be >= 0, got {s.poly_power}"),
+            (
+                0 <= s.warmup_steps < s.total_steps,
+                f"{p}.warmup_steps must be in [0, epochs * iters_per_epoch = {s.total_steps}), "
+                f"got {s.warmup_steps}",
+            ),
             (
                 s.kd_refresh_every >= 1,
                 f"{p}.kd_refresh_every must be >= 1, got {s.kd_refresh_every}",

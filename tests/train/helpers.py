@@ -27,7 +27,7 @@ base_channels = 4
 [data]
 crop = [16, 16, 16]
 tumour_share = 1.0
-val_crops = 2
+val_cases = 1
 
 [augment]
 rotate_deg = 5.0

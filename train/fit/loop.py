@@ -9,7 +9,8 @@ loop itself is::
         for batch in epoch:         # skip the batches a resumed epoch already did
             train_step(batch)       # augment, forward, loss, finite check, backward, step
             log_step()              # metrics.csv row, progress bar, rolling last.pt
-        end_epoch()                 # validate, objective hook (teacher refresh), last.pt, PNG
+        end_epoch()                 # validate (best.pt), objective hook (teacher refresh)
+        after_epoch()               # last.pt, PNG
     finish()                        # final.pt
 
 Only rank 0 writes files.  A non-finite loss raises
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,13 +35,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from aem_synth.types import REGIONS
 from train.config import Config, StageConfig, config_to_dict
 from train.data import batch_to_device
 from train.data.augment import BatchAugment
 from train.fit.checkpoint import load_checkpoint, save_checkpoint
 from train.fit.distributed import DistInfo, all_reduce_mean, autocast_dtype, barrier, wrap_model
 from train.fit.optim import build_optimizer, poly_lr, set_lr
+from train.fit.validation import BEST_KEY
 from train.report.plots import MetricsLog, plot_loss_curve
 
 __all__ = [
@@ -48,7 +50,7 @@ __all__ = [
     "SegObjective",
     "StagePlan",
     "Trainer",
-    "region_dice",
+    "Validator",
     "run_loop",
 ]
 
@@ -56,6 +58,10 @@ log = logging.getLogger(__name__)
 
 SegLoss = Callable[..., tuple[Tensor, dict[str, Any]]]
 """``seg_loss(output, target, modality_mask=mask) -> (loss, parts)`` (``train.fit.losses.rfnet_loss``)."""
+
+
+Validator = Callable[[nn.Module], dict[str, float]]
+"""``validator(model) -> {column: value}``, larger ``val_score`` is better (:mod:`train.fit.validation`)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -114,10 +120,9 @@ class StagePlan:
         A ``train.data.crops.CropDataset``; its loader is built by the loop.
     make_loader : callable
         ``make_loader(dataset, batch_size=, workers=, distributed=, seed=)``.
-    val_data : Dataset or None
-        Fixed validation crops with all present modalities; ``None`` disables validation.
-    seg_loss : callable
-        Loss used for validation.
+    validator : callable or None
+        Full-volume validation (``validator(model) -> columns``, with
+        ``val_score`` the ``best.pt`` criterion); ``None`` disables validation.
     meta : dict
         Extra checkpoint keys (backbone name and kwargs, num_classes).
     """
@@ -128,8 +133,7 @@ class StagePlan:
     objective: Objective
     train_data: Any
     make_loader: Callable[..., Any]
-    seg_loss: SegLoss
-    val_data: Any = None
+    validator: Validator | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -139,24 +143,6 @@ class StagePlan:
     @property
     def out_dir(self) -> Path:
         return self.config.stage_dir(self.stage)
-
-
-def region_dice(logits: Tensor, label: Tensor) -> dict[str, float]:
-    """Hard Dice of WT/TC/ET over a whole batch (1.0 when both prediction and truth are empty).
-
-    Parameters
-    ----------
-    logits : Tensor, float, (B, K, X, Y, Z)
-    label : Tensor, int64, (B, X, Y, Z)
-    """
-    pred = logits.argmax(dim=1)
-    out = {}
-    for name, classes in REGIONS.items():
-        p = torch.isin(pred, torch.tensor(classes, device=pred.device))
-        t = torch.isin(label, torch.tensor(classes, device=label.device))
-        denom = float(p.sum() + t.sum())
-        out[f"val_dice_{name.lower()}"] = 1.0 if denom == 0 else 2.0 * float((p & t).sum()) / denom
-    return out
 
 
 def _seed(config: Config, stage: str, rank: int, stream: int) -> int:
@@ -204,6 +190,7 @@ class Trainer:
         )
         self.metrics = MetricsLog(self.out / "metrics.csv") if info.is_main else None
         self.step = 0
+        self.best = -math.inf  # best val_score so far (best.pt)
         self.progress = progress and info.is_main
         self._bar: Any = None
         self._t_last = time.perf_counter()
@@ -217,9 +204,13 @@ class Trainer:
         dist.all_gather_object(gathered, states)
         return {"per_rank": gathered}
 
-    def save(self, name: str, finished: bool = False) -> Path | None:
-        """Write ``name`` (``last.pt``/``final.pt``) on rank 0; every rank must call it."""
-        rng = self._rng_states()
+    def save(self, name: str, finished: bool = False, gather: bool = True) -> Path | None:
+        """Write ``name`` (``last.pt``/``final.pt``/``best.pt``) on rank 0.
+
+        Every rank must call it when ``gather`` (the RNG states are gathered);
+        ``best.pt`` is written by rank 0 alone with ``gather=False`` (weights only).
+        """
+        rng = self._rng_states() if gather else None
         if not self.info.is_main:
             return None
         payload: dict[str, Any] = {
@@ -232,6 +223,7 @@ class Trainer:
             "total_steps": self.sc.total_steps,
             "finished": finished,
             "objective": self.plan.objective.state_dict(),
+            "best_score": self.best,
         }
         if not finished:
             payload["optimizer"] = self.optimizer.state_dict()
@@ -259,6 +251,7 @@ class Trainer:
         self.optimizer.load_state_dict(data["optimizer"])
         self.plan.objective.load_state_dict(data["objective"])
         self.step = int(data["step"])
+        self.best = float(data.get("best_score", -math.inf))
         ranks = data["rng"]["per_rank"]
         if len(ranks) == self.info.world_size:
             self.gen.set_state(ranks[self.info.rank]["loop"].cpu())
@@ -289,7 +282,9 @@ class Trainer:
         b = self._to_device(batch)
         if self.augment is not None:
             b["image"], b["label"] = self.augment(b["image"], b["label"], b["mask"], self.aug_gen)
-        lr = poly_lr(self.sc.lr, self.step, self.sc.total_steps, self.sc.poly_power)
+        lr = poly_lr(
+            self.sc.lr, self.step, self.sc.total_steps, self.sc.poly_power, self.sc.warmup_steps
+        )
         set_lr(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
         self.net.train()
@@ -351,26 +346,25 @@ class Trainer:
         return itertools.islice(iter(self.loader), done, self.sc.iters_per_epoch)
 
     def validate(self) -> dict[str, float]:
-        """Loss and region Dice on the fixed validation crops (rank 0; all modalities present)."""
-        data = self.plan.val_data
-        self.model.eval()
-        losses, logits, labels = [], [], []
-        with torch.no_grad(), self._autocast():
-            for i in range(len(data)):
-                item = data[(0, i)]
-                b = batch_to_device(
-                    {k: item[k][None] for k in ("image", "label", "mask")}, self.device
-                )
-                image, label, mask = b["image"], b["label"], b["mask"]
-                out = self.model(image, mask)
-                losses.append(float(self.plan.seg_loss(out, label, modality_mask=mask)[0]))
-                logits.append(out.logits.float().cpu())
-                labels.append(label.cpu())
+        """Full-volume validation (rank 0); writes ``best.pt`` when ``val_score`` improves."""
+        validator = self.plan.validator
+        if validator is None:
+            return {}
+        t0 = time.perf_counter()
+        val = validator(self.model)
         self.model.train()
-        return {
-            "val_loss": float(np.mean(losses)),
-            **region_dice(torch.cat(logits), torch.cat(labels)),
-        }
+        val["val_seconds"] = time.perf_counter() - t0
+        score = val.get(BEST_KEY, -math.inf)
+        if score > self.best:
+            self.best = score
+            self.save("best.pt", finished=True, gather=False)
+        log.info(
+            "%s step %d: validation %s",
+            self.plan.stage,
+            self.step,
+            ", ".join(f"{k} {v:.4f}" for k, v in val.items()),
+        )
+        return val
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         """Hooks after the last step of ``epoch``: validation, objective hook, checkpoint, PNG."""
@@ -378,7 +372,7 @@ class Trainer:
         val: dict[str, float] = {}
         every = self.sc.validate_every
         if (
-            self.plan.val_data is not None
+            self.plan.validator is not None
             and every
             and (done % every == 0 or done == self.sc.epochs)
         ):

@@ -17,9 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from train.config import CLASS_WEIGHTINGS
 from train.models.base import ModelOutput
 
 __all__ = [
+    "CLASS_WEIGHTINGS",
     "downsample_target",
     "rfnet_loss",
     "segmentation_loss",
@@ -76,14 +78,39 @@ def _match_target(logits: Tensor, target: Tensor) -> Tensor:
     return target
 
 
-def weighted_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
-    """Cross-entropy with per-sample class weights ``w_c = 1 - freq_c`` (as RFNet).
+# Class weightings of the cross-entropy term (``loss.class_weights`` in configs):
+# ``rfnet``  ``w_c = 1 - freq_c`` per sample, as RFNet and the paper (background
+#            weight ~0.02-0.05 on BraTS crops: false positives are cheap);
+# ``none``   plain cross-entropy, every voxel weight 1;
+# ``sqrt``   ``w_c = freq_c ** -0.5`` over the batch, scaled so that the mean voxel
+#            weight is 1: rare classes count more, less extremely than ``rfnet``.
 
-    ``freq_c`` is the fraction of sample ``b``'s voxels labelled ``c``; the
-    loss is the mean over all voxels of ``w_{b, y_v} * -log softmax(logits)_{y_v}``.
-    Unlike the published code the log-probability is not clamped at 0.005,
-    so confidently wrong voxels keep their gradient. A sample made of one
-    class only has weight 0 and contributes nothing, as in RFNet.
+
+def _class_weights(target: Tensor, num_classes: int, weighting: str) -> Tensor | None:
+    """Per-voxel weights ``(B, X, Y, Z)`` of ``weighting``, or ``None`` for unweighted CE."""
+    if weighting == "none":
+        return None
+    counts = F.one_hot(target.flatten(1), num_classes).sum(dim=1).float()  # (B, K)
+    if weighting == "rfnet":
+        weights = 1.0 - counts / target[0].numel()
+        return weights.gather(1, target.flatten(1)).view_as(target)
+    if weighting == "sqrt":
+        freq = counts.sum(0) / target.numel()  # (K,)
+        w = torch.where(freq > 0, freq.clamp_min(1e-12).rsqrt(), torch.zeros_like(freq))
+        w = w / (w * freq).sum()  # mean voxel weight 1
+        return w[target]
+    raise ValueError(f"class weighting must be one of {list(CLASS_WEIGHTINGS)}, got {weighting!r}")
+
+
+def weighted_cross_entropy(logits: Tensor, target: Tensor, weighting: str = "rfnet") -> Tensor:
+    """Cross-entropy with class weights chosen by ``weighting`` (see :data:`CLASS_WEIGHTINGS`).
+
+    With ``"rfnet"``, ``w_c = 1 - freq_c`` where ``freq_c`` is the fraction of
+    sample ``b``'s voxels labelled ``c``; the loss is the mean over all voxels
+    of ``w_{b, y_v} * -log softmax(logits)_{y_v}``.  Unlike the published code
+    the log-probability is not clamped at 0.005, so confidently wrong voxels
+    keep their gradient.  A sample made of one class only has weight 0 and
+    contributes nothing, as in RFNet.
 
     Parameters
     ----------
@@ -91,6 +118,8 @@ def weighted_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
         ``(B, K, X, Y, Z)`` unnormalised scores.
     target : Tensor
         ``(B, X, Y, Z)`` int64 labels (downsampled by striding if finer).
+    weighting : str
+        ``"rfnet"``, ``"none"`` or ``"sqrt"``.
 
     Returns
     -------
@@ -99,13 +128,10 @@ def weighted_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     """
     target = _match_target(logits, target)
     _check(logits, target)
-    num_classes = logits.shape[1]
     log_p = F.log_softmax(logits.float(), dim=1)
     nll = -log_p.gather(1, target.unsqueeze(1)).squeeze(1)  # (B, X, Y, Z)
-    counts = F.one_hot(target.flatten(1), num_classes).sum(dim=1).float()  # (B, K)
-    weights = 1.0 - counts / target[0].numel()
-    voxel_weights = weights.gather(1, target.flatten(1)).view_as(nll)
-    return (voxel_weights * nll).mean()
+    weights = _class_weights(target, logits.shape[1], weighting)
+    return nll.mean() if weights is None else (weights * nll).mean()
 
 
 def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> Tensor:
@@ -140,14 +166,15 @@ def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> Tens
     return 1.0 - dice.mean()
 
 
-def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """``weighted_cross_entropy + soft_dice_loss``; scalar float32."""
-    return weighted_cross_entropy(logits, target) + soft_dice_loss(logits, target)
+def segmentation_loss(logits: Tensor, target: Tensor, weighting: str = "rfnet") -> Tensor:
+    """``weighted_cross_entropy(weighting) + soft_dice_loss``; scalar float32."""
+    return weighted_cross_entropy(logits, target, weighting) + soft_dice_loss(logits, target)
 
 
-def _probability_loss(probs: Tensor, target: Tensor) -> Tensor:
+def _probability_loss(probs: Tensor, target: Tensor, weighting: str) -> Tensor:
     # softmax(log p) == p, so the logit losses apply unchanged to probability maps.
-    return segmentation_loss(torch.log(probs.float().clamp_min(PROBABILITY_FLOOR)), target)
+    logp = torch.log(probs.float().clamp_min(PROBABILITY_FLOOR))
+    return segmentation_loss(logp, target, weighting)
 
 
 def rfnet_loss(
@@ -156,6 +183,7 @@ def rfnet_loss(
     *,
     modality_mask: Tensor | None = None,
     fused_weight: float = 1.0,
+    class_weights: str = "rfnet",
 ) -> tuple[Tensor, dict[str, float]]:
     """Total RFNet loss: fused + auxiliary + deep supervision + region maps.
 
@@ -181,6 +209,8 @@ def rfnet_loss(
         the mask alone.
     fused_weight : float
         Factor on the fused term (RFNet trains with 0 for its first epochs).
+    class_weights : str
+        Cross-entropy class weighting of every term, one of :data:`CLASS_WEIGHTINGS`.
 
     Returns
     -------
@@ -190,21 +220,26 @@ def rfnet_loss(
         ``fused``, ``aux``, ``deep``, ``region`` and ``total`` for logging.
     """
     zero = out.logits.new_zeros((), dtype=torch.float32)
-    fused = segmentation_loss(out.logits, target)
-    aux = _aux_loss(out.aux_logits, target, modality_mask) if out.aux_logits is not None else zero
-    deep = sum((segmentation_loss(d, target) for d in out.deep_logits), zero)
-    region = sum((_probability_loss(r, target) for r in out.region_maps), zero)
+    w = class_weights
+    fused = segmentation_loss(out.logits, target, w)
+    aux = zero
+    if out.aux_logits is not None:
+        aux = _aux_loss(out.aux_logits, target, modality_mask, w)
+    deep = sum((segmentation_loss(d, target, w) for d in out.deep_logits), zero)
+    region = sum((_probability_loss(r, target, w) for r in out.region_maps), zero)
     total = fused_weight * fused + aux + deep + region
     parts = {"fused": fused, "aux": aux, "deep": deep, "region": region, "total": total}
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
-def _aux_loss(aux_logits: Tensor, target: Tensor, modality_mask: Tensor | None) -> Tensor:
+def _aux_loss(
+    aux_logits: Tensor, target: Tensor, modality_mask: Tensor | None, weighting: str
+) -> Tensor:
     """Sum over modalities of the per-modality loss ``(B, M, K, ...)``."""
     num_modalities = aux_logits.shape[1]
     if modality_mask is None:
         return sum(
-            (segmentation_loss(aux_logits[:, m], target) for m in range(num_modalities)),
+            (segmentation_loss(aux_logits[:, m], target, weighting) for m in range(num_modalities)),
             aux_logits.new_zeros((), dtype=torch.float32),
         )
     if tuple(modality_mask.shape) != tuple(aux_logits.shape[:2]):
@@ -216,5 +251,5 @@ def _aux_loss(aux_logits: Tensor, target: Tensor, modality_mask: Tensor | None) 
     for m in range(num_modalities):
         present = modality_mask[:, m].to(aux_logits.device)
         if bool(present.any()):
-            total = total + segmentation_loss(aux_logits[present, m], target[present])
+            total = total + segmentation_loss(aux_logits[present, m], target[present], weighting)
     return total

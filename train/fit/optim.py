@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule of the paper: Adam (amsgrad) with poly decay per step."""
+"""Optimiser and learning-rate schedule: Adam (amsgrad), optional linear warm-up, poly decay per step."""
 
 from __future__ import annotations
 
@@ -18,17 +18,25 @@ def build_optimizer(params: Iterable[nn.Parameter], stage: StageConfig) -> torch
     return torch.optim.Adam(trainable, lr=stage.lr, weight_decay=stage.weight_decay, amsgrad=True)
 
 
-def poly_lr(base_lr: float, step: int, total: int, power: float) -> float:
-    """``base_lr * (1 - step / total) ** power``, the learning rate of 0-based ``step``.
+def poly_lr(base_lr: float, step: int, total: int, power: float, warmup: int = 0) -> float:
+    """Learning rate of 0-based ``step``: linear warm-up, then poly decay.
+
+    ``base_lr * (step + 1) / warmup`` for ``step < warmup``, then
+    ``base_lr * (1 - (step - warmup) / (total - warmup)) ** power``; with
+    ``warmup = 0`` this is the paper's ``base_lr * (1 - step / total) ** power``.
 
     Raises
     ------
     ValueError
-        ``step`` outside ``[0, total)``.
+        ``step`` outside ``[0, total)`` or ``warmup`` outside ``[0, total)``.
     """
     if not 0 <= step < total:
         raise ValueError(f"poly schedule: step must be in [0, {total}), got {step}")
-    return base_lr * (1.0 - step / total) ** power
+    if not 0 <= warmup < total:
+        raise ValueError(f"poly schedule: warmup must be in [0, {total}), got {warmup}")
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    return base_lr * (1.0 - (step - warmup) / (total - warmup)) ** power
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

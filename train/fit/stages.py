@@ -9,13 +9,14 @@ posttrain     real training cases              train ``final.pt``            seg
 ============  ===============================  ============================  ======================
 
 Every stage starts with a fresh optimiser and writes ``runs_dir/name/<stage>/``:
-``last.pt`` (rolling), ``final.pt``, ``config.toml`` (resolved), ``metrics.csv``
-and ``loss_curve.png``.
+``last.pt`` (rolling), ``final.pt``, ``best.pt`` (best full-volume validation
+``val_score``), ``config.toml`` (resolved), ``metrics.csv`` and ``loss_curve.png``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +27,18 @@ from torch import nn
 
 from aem_synth.errors import ShardError
 from train.config import STAGES, Config, dump_toml
-from train.data import CropDataset, make_loader, stage_refs, val_refs
+from train.data import CropDataset, make_loader, stage_refs
 from train.fit.checkpoint import load_checkpoint, load_weights
-from train.fit.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
+from train.fit.distributed import (
+    DistInfo,
+    autocast_dtype,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+)
 from train.fit.kd import KDObjective, make_teacher
 from train.fit.loop import Objective, SegObjective, StagePlan, run_loop
+from train.fit.validation import FullVolumeValidator, validation_refs
 
 __all__ = [
     "PREVIOUS",
@@ -45,7 +53,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PREVIOUS: dict[str, str | None] = {"pretrain": None, "train": "pretrain", "posttrain": "train"}
-OUTPUTS = ("last.pt", "final.pt", "metrics.csv", "loss_curve.png", "config.toml")
+OUTPUTS = ("last.pt", "final.pt", "best.pt", "metrics.csv", "loss_curve.png", "config.toml")
 
 
 class StageError(ValueError):
@@ -128,12 +136,26 @@ def _objective(cfg: Config, stage: str, model: nn.Module) -> Objective:
     from train.fit.losses import rfnet_loss
 
     sc = cfg.stage_config(stage)
+    seg_loss = functools.partial(rfnet_loss, class_weights=cfg.loss.class_weights)
     if stage == "posttrain":
-        return KDObjective(make_teacher(model), rfnet_loss, sc.kd_weight, sc.kd_refresh_every)
-    return SegObjective(rfnet_loss)
+        return KDObjective(make_teacher(model), seg_loss, sc.kd_weight, sc.kd_refresh_every)
+    return SegObjective(seg_loss)
 
 
-def _datasets(cfg: Config, stage: str, world_size: int) -> tuple[CropDataset, CropDataset | None]:
+def _validator(cfg: Config, stage: str, device: torch.device) -> FullVolumeValidator | None:
+    """Full-volume validation on the store's ``val`` split, or ``None`` (disabled / no cases)."""
+    if cfg.stage_config(stage).validate_every <= 0:
+        return None
+    try:
+        refs = validation_refs(cfg.shards, cfg.data.val_cases)
+    except ShardError as exc:
+        log.warning("validation disabled: %s", exc)
+        return None
+    amp = autocast_dtype(cfg.precision, device) == torch.bfloat16 and device.type == "cuda"
+    return FullVolumeValidator(refs, cfg.data.crop, str(device), amp)
+
+
+def _dataset(cfg: Config, stage: str, world_size: int) -> CropDataset:
     d, sc = cfg.data, cfg.stage_config(stage)
     ratio = d.mix_real_ratio if stage == "pretrain" else 0.0
     refs = stage_refs(cfg.shards, stage, mix_real_ratio=ratio, seed=cfg.seed)
@@ -147,20 +169,7 @@ def _datasets(cfg: Config, stage: str, world_size: int) -> tuple[CropDataset, Cr
         samples_per_epoch=per_epoch,
         compact=True,
     )
-    val = None
-    if d.val_crops > 0 and sc.validate_every > 0:
-        try:
-            val = AllModalityCrops(
-                val_refs(cfg.shards),
-                crop=d.crop,
-                tumour_share=d.tumour_share,
-                seed=cfg.seed + 1,
-                samples_per_epoch=d.val_crops,
-                compact=True,
-            )
-        except ShardError as exc:
-            log.warning("validation disabled: %s", exc)
-    return train, val
+    return train
 
 
 def _prepare_outputs(cfg: Config, stage: str, info: DistInfo, force: bool) -> Path:
@@ -186,8 +195,7 @@ def _plan(
         load_weights(model, load_checkpoint(init)["model"], str(init))
         log.info("%s: initialised from %s", stage, init)
     model.to(device)
-    train, val = _datasets(cfg, stage, info.world_size)
-    from train.fit.losses import rfnet_loss
+    train = _dataset(cfg, stage, info.world_size)
 
     meta = {
         "backbone": cfg.model.backbone,
@@ -202,8 +210,7 @@ def _plan(
         objective=_objective(cfg, stage, model),
         train_data=train,
         make_loader=make_loader,
-        seg_loss=rfnet_loss,
-        val_data=val,
+        validator=_validator(cfg, stage, device),
         meta=meta,
     )
 

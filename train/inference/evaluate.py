@@ -19,6 +19,7 @@ with Dice and HD95 of WT, TC and ET (:mod:`train.inference.metrics`).  Outputs w
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,7 +53,10 @@ __all__ = [
     "evaluate_model",
     "evaluate_sample",
     "predict_labels",
+    "read_sample",
 ]
+
+log = logging.getLogger(__name__)
 
 NUM_CLASSES = 4
 _T, _F = True, False
@@ -80,12 +84,15 @@ class EvaluationOptions:
         ``"auto"``, ``"cpu"`` or ``"cuda[:n]"``.
     subsets : tuple of masks
         Subsets to evaluate (all 15 by default, table order).
+    hd95 : bool
+        Compute HD95 as well as Dice (validation during training skips it).
     """
 
     window: WindowOptions = field(default_factory=WindowOptions)
     et_postprocess: int | None = None
     device: str = "auto"
     subsets: tuple[Mask, ...] = ALL_SUBSETS
+    hd95: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +100,7 @@ class EvaluationOptions:
             "et_postprocess": self.et_postprocess,
             "device": self.device,
             "subsets": [subset_name(s) for s in self.subsets],
+            "hd95": self.hd95,
         }
 
 
@@ -143,6 +151,7 @@ def predict_labels(
         batch_size=w.batch_size,
         device=opts.device,
         amp=w.amp,
+        subset_batch=w.subset_batch,
     )
     labels: dict[Mask, LabelArray] = {}
     for s in opts.subsets:
@@ -184,10 +193,10 @@ def evaluate_sample(
     records_pp: list[dict[str, Any]] | None = [] if opts.et_postprocess is not None else None
     for s, pred in preds.items():
         base = {"case_id": case_id, "subset": subset_name(s), "mask": list(s)}
-        records.append({**base, **case_metrics(pred, label, spacing)})
+        records.append({**base, **case_metrics(pred, label, spacing, with_hd95=opts.hd95)})
         if records_pp is not None:
             pp = postprocess_et(pred, opts.et_postprocess or 0)
-            records_pp.append({**base, **case_metrics(pp, label, spacing)})
+            records_pp.append({**base, **case_metrics(pp, label, spacing, with_hd95=opts.hd95)})
     return records, records_pp, preds
 
 
@@ -216,7 +225,8 @@ def _mask_of(record: dict[str, Any]) -> Mask:
     return m[0], m[1], m[2], m[3]
 
 
-def _read_sample(readers: dict[Path, ShardReader], ref: SampleRef) -> tuple[Any, ...]:
+def read_sample(readers: dict[Path, ShardReader], ref: SampleRef) -> tuple[Any, ...]:
+    """``(case_id, image, label, spacing)`` of a real sample; ``readers`` caches open shards."""
     reader = readers.setdefault(ref.shard, ShardReader(ref.shard))
     meta = reader.meta(ref.sample_id)
     spacing = tuple(float(v) for v in meta.get("spacing", (1.0, 1.0, 1.0)))
@@ -252,7 +262,7 @@ def evaluate_model(
     readers: dict[Path, ShardReader] = {}
     try:
         for ref in tqdm(refs, desc=f"evaluate {split}", unit="case", disable=not progress):
-            case_id, image, label, spacing = _read_sample(readers, ref)
+            case_id, image, label, spacing = read_sample(readers, ref)
             recs, recs_pp, preds = evaluate_sample(model, image, label, spacing, case_id, opts)
             records += recs
             if records_pp is not None and recs_pp is not None:
@@ -365,7 +375,7 @@ def evaluate(
     shards: Path | None = None,
     out_dir: Path | None = None,
     *,
-    window: Sequence[int] | int = 80,
+    window: Sequence[int] | int | None = None,
     overlap: float = 0.5,
     gaussian: bool = False,
     batch_size: int = 2,
@@ -377,15 +387,20 @@ def evaluate(
     """Load ``checkpoint`` and evaluate it on the real ``split`` of its (or the given) shards.
 
     ``out_dir`` defaults to ``<checkpoint folder>/eval-<split>``.  ``window``
-    is one size for all axes or three sizes (X, Y, Z) in voxels.
+    is one size for all axes or three sizes (X, Y, Z) in voxels; ``None``
+    (default) takes the training crop recorded in the checkpoint, and another
+    size logs a one-line note.
     """
     from train.fit.checkpoint import load_model_from_checkpoint
-    from train.inference.sliding_window import resolve_device, window_size
+    from train.inference.sliding_window import resolve_device, resolve_window
 
     checkpoint = Path(checkpoint)
     dev = resolve_device(device)
     model, meta = load_model_from_checkpoint(checkpoint, dev)
-    win = WindowOptions(window_size(window), overlap, gaussian, batch_size, amp)
+    size, note = resolve_window(window, meta)
+    if note:
+        log.warning(note)
+    win = WindowOptions(size, overlap, gaussian, batch_size, amp)
     opts = EvaluationOptions(win, et_postprocess, str(dev))
     shards = Path(shards) if shards is not None else _shards_from_meta(meta, checkpoint)
     out = Path(out_dir) if out_dir is not None else checkpoint.parent / f"eval-{split}"

@@ -201,21 +201,26 @@ def postprocess_et(label: LabelArray, min_voxels: int) -> LabelArray:
 
 
 def case_metrics(
-    pred: LabelArray, gt: LabelArray, spacing: Sequence[float] = (1.0, 1.0, 1.0)
+    pred: LabelArray,
+    gt: LabelArray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    *,
+    with_hd95: bool = True,
 ) -> dict[str, float]:
     """Dice and HD95 of WT, TC and ET for one predicted label volume.
 
     Returns
     -------
     dict
-        Keys ``dice_WT, dice_TC, dice_ET, hd95_WT, hd95_TC, hd95_ET``;
-        Dice as a fraction in [0, 1], HD95 in mm.
+        Keys ``dice_WT, dice_TC, dice_ET, hd95_WT, hd95_TC, hd95_ET`` (the
+        HD95 keys only ``with_hd95``); Dice as a fraction in [0, 1], HD95 in mm.
     """
     _check_pair(pred, gt)
     pm, gm = region_masks(pred), region_masks(gt)
     out: dict[str, float] = {}
     for name in REGION_NAMES:
         out[f"dice_{name}"] = dice(pm[name], gm[name])
-    for name in REGION_NAMES:
-        out[f"hd95_{name}"] = hd95(pm[name], gm[name], spacing)
+    if with_hd95:
+        for name in REGION_NAMES:
+            out[f"hd95_{name}"] = hd95(pm[name], gm[name], spacing)
     return out

@@ -19,6 +19,7 @@ by suffix).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,8 @@ __all__ = [
     "predict_folder",
     "predict_record",
 ]
+
+log = logging.getLogger(__name__)
 
 OUTPUT_SUFFIX = "_seg.nii.gz"
 
@@ -108,6 +111,7 @@ def _segment(
         batch_size=window.batch_size,
         device=device,
         amp=window.amp,
+        subset_batch=window.subset_batch,
     )[mask]
     if probs.shape[0] != NUM_CLASSES:
         raise ValueError(
@@ -237,7 +241,7 @@ def predict(
     case: Path | None = None,
     root: Path | None = None,
     layout: str | None = None,
-    window: Sequence[int] | int = 80,
+    window: Sequence[int] | int | None = None,
     overlap: float = 0.5,
     gaussian: bool = False,
     batch_size: int = 2,
@@ -247,15 +251,19 @@ def predict(
     progress: bool = True,
 ) -> PredictionResult | FolderPrediction:
     """Load ``checkpoint`` and predict one case folder (``case``, ``out`` = file) or every
-    case below ``root`` (``out`` = folder).  Exactly one of ``case`` / ``root`` is given."""
+    case below ``root`` (``out`` = folder).  Exactly one of ``case`` / ``root`` is given.
+    ``window=None`` takes the training crop recorded in the checkpoint."""
     from train.fit.checkpoint import load_model_from_checkpoint
-    from train.inference.sliding_window import resolve_device, window_size
+    from train.inference.sliding_window import resolve_device, resolve_window
 
     if (case is None) == (root is None):
         raise ValueError("give exactly one of a case folder (--case) or a dataset root (--in)")
     dev = resolve_device(device)
-    opts = WindowOptions(window_size(window), overlap, gaussian, batch_size, amp)
-    model, _ = load_model_from_checkpoint(checkpoint, dev)
+    model, meta = load_model_from_checkpoint(checkpoint, dev)
+    size, note = resolve_window(window, meta)
+    if note:
+        log.warning(note)
+    opts = WindowOptions(size, overlap, gaussian, batch_size, amp)
     kw: dict[str, Any] = {"window": opts, "device": str(dev), "et_postprocess": et_postprocess}
     if case is not None:
         return predict_case(model, Path(case), Path(out), layout=layout, **kw)

@@ -16,7 +16,7 @@ Axis order everywhere: ``(C, X, Y, Z)`` for one volume, canonical RAS axes.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,6 +24,9 @@ import numpy as np
 import torch
 
 __all__ = [
+    "DEFAULT_WINDOW",
+    "resolve_window",
+    "trained_window",
     "SPATIAL_MULTIPLE",
     "Subset",
     "WindowOptions",
@@ -37,6 +40,8 @@ __all__ = [
 ]
 
 SPATIAL_MULTIPLE = 8
+DEFAULT_WINDOW = (80, 80, 80)
+"""Window when a checkpoint records no training crop (the paper's crop)."""
 Subset = tuple[bool, bool, bool, bool]
 
 
@@ -67,13 +72,19 @@ class WindowOptions:
         Windows per forward pass.
     amp : bool
         bf16 autocast (CUDA only; ignored on CPU so that CPU runs stay fp32).
+    subset_batch : int
+        Modality subsets decoded together in one decoder call (the window
+        batch's encoder features repeated once per subset): fewer, larger
+        kernels.  Needs an encoder output with ``repeat_batch`` (RFNet's has it);
+        others are decoded one subset at a time.
     """
 
-    window: tuple[int, int, int] = (80, 80, 80)
+    window: tuple[int, int, int] = DEFAULT_WINDOW
     overlap: float = 0.5
     gaussian: bool = False
     batch_size: int = 2
     amp: bool = False
+    subset_batch: int = 5
 
     def __post_init__(self) -> None:
         if len(self.window) != 3 or any(w <= 0 or w % SPATIAL_MULTIPLE for w in self.window):
@@ -84,6 +95,8 @@ class WindowOptions:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.subset_batch < 1:
+            raise ValueError(f"subset_batch must be >= 1, got {self.subset_batch}")
 
 
 def window_size(window: Sequence[int] | int) -> tuple[int, int, int]:
@@ -92,6 +105,43 @@ def window_size(window: Sequence[int] | int) -> tuple[int, int, int]:
     if len(w) != 3:
         raise ValueError(f"window must be one size or 3 sizes (X, Y, Z), got {window}")
     return w[0], w[1], w[2]
+
+
+def trained_window(meta: Mapping[str, Any]) -> tuple[int, int, int] | None:
+    """The training crop a checkpoint's metadata records, rounded up to a valid window.
+
+    ``meta`` is the checkpoint metadata (``load_model_from_checkpoint``); the
+    crop is ``meta["config"]["data"]["crop"]``.  ``None`` when it is not recorded.
+    """
+    cfg = meta.get("config") if isinstance(meta, Mapping) else None
+    data = cfg.get("data") if isinstance(cfg, Mapping) else None
+    crop = data.get("crop") if isinstance(data, Mapping) else None
+    if not isinstance(crop, (list, tuple)) or len(crop) != 3:
+        return None
+    w = tuple(_ceil_to(max(int(c), 1), SPATIAL_MULTIPLE) for c in crop)
+    return w[0], w[1], w[2]
+
+
+def resolve_window(
+    window: Sequence[int] | int | None, meta: Mapping[str, Any]
+) -> tuple[tuple[int, int, int], str | None]:
+    """Window to infer with, and a one-line note when it differs from the training crop.
+
+    ``window=None`` takes the training crop recorded in the checkpoint (80^3
+    when none is recorded).  A model normalises each window with instance
+    norm, so a window unlike its training crops changes its predictions.
+    """
+    trained = trained_window(meta)
+    if window is None:
+        return trained or DEFAULT_WINDOW, None
+    w = window_size(window)
+    if trained is None or w == trained:
+        return w, None
+    return w, (
+        f"note: inference window {'x'.join(map(str, w))} differs from the training crop "
+        f"{'x'.join(map(str, trained))} recorded in the checkpoint (the default); "
+        "predictions usually suffer"
+    )
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -209,6 +259,7 @@ def predict_subsets(
     device: str | torch.device = "auto",
     amp: bool = False,
     reuse_encoder: bool = True,
+    subset_batch: int = 5,
 ) -> dict[Subset, np.ndarray]:
     """Softmax probabilities of a whole volume for each modality subset.
 
@@ -221,7 +272,7 @@ def predict_subsets(
         Normalised image, modality order FLAIR, T1, T1ce, T2, canonical axes.
     subsets : sequence of 4-bool masks
         Modality subsets to predict (e.g. ``train.data.subsets.ALL_SUBSETS``).
-    window, overlap, gaussian, batch_size, amp
+    window, overlap, gaussian, batch_size, amp, subset_batch
         See :class:`WindowOptions`.
     device : str or torch.device
         ``"auto"`` picks CUDA when present.
@@ -235,7 +286,7 @@ def predict_subsets(
         subset (tuple of 4 bool) -> probabilities, float32 ``(C, X, Y, Z)``,
         summing to 1 over ``C`` at every voxel.
     """
-    opts = WindowOptions(window_size(window), overlap, gaussian, batch_size, amp)
+    opts = WindowOptions(window_size(window), overlap, gaussian, batch_size, amp, subset_batch)
     keys = [_subset_key(s) for s in subsets]
     if not keys or len(set(keys)) != len(keys):
         raise ValueError(f"subsets must be non-empty and distinct, got {keys}")
@@ -278,13 +329,30 @@ def _run(
             x = torch.stack([padded[(slice(None), *b)] for b in batch]).to(dev)
             with autocast:
                 enc = model.encode(x)
-            for s in group:
+            for chunk in _chunks(group, opts.subset_batch if hasattr(enc, "repeat_batch") else 1):
                 with autocast:
-                    out = model.decode(enc, _mask(s, len(batch), dev))
-                acc.add(s, batch, _softmax(out, w))
+                    out = _decode_subsets(model, enc, chunk, len(batch), dev)
+                probs = _softmax(out, w).split(len(batch))
+                for s, p in zip(chunk, probs, strict=True):
+                    acc.add(s, batch, p)
             if gi == 0:
                 acc.add_weight(batch, w)
     return acc
+
+
+def _chunks(items: list[Subset], size: int) -> Iterator[list[Subset]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _decode_subsets(
+    model: EncodeDecodeModel, enc: Any, subsets: list[Subset], n: int, dev: torch.device
+) -> Any:
+    """Decode ``n`` windows for each subset in one call; outputs are subset-major."""
+    if len(subsets) == 1:
+        return model.decode(enc, _mask(subsets[0], n, dev))
+    masks = torch.cat([_mask(s, n, dev) for s in subsets])
+    return model.decode(enc.repeat_batch(len(subsets)), masks)
 
 
 def _mask(subset: Subset, n: int, dev: torch.device) -> torch.Tensor:

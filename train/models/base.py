@@ -50,6 +50,10 @@ class EncoderOutput:
         """Number of samples ``B``."""
         return int(self.levels[0].shape[0])
 
+    def repeat_batch(self, times: int) -> EncoderOutput:
+        """The batch repeated ``times`` times along ``B`` (block order: the whole batch, again...)."""
+        return EncoderOutput([torch.cat([level] * times) for level in self.levels])
+
 
 @dataclass(frozen=True)
 class ModelOutput:

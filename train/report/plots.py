@@ -3,9 +3,12 @@
 ``metrics.csv`` columns: ``step`` (1-based optimiser step), ``epoch``
 (0-based epoch the step belongs to), ``lr``, ``loss`` (total), one column per
 loss part (e.g. ``seg``, ``kd``, ``kd_feat``), ``samples_per_s`` (training
-throughput of all ranks together, data loading included), then ``val_loss``
-and ``val_dice_wt``/``val_dice_tc``/``val_dice_et`` (filled on the last step
-of a validated epoch, empty elsewhere).
+throughput of all ranks together, data loading included), then the
+full-volume validation columns (filled on the last step of a validated epoch,
+empty elsewhere): Dice of WT/TC/ET with all four modalities
+(``val_wt_all``...), their means over the 15 modality subsets (``val_wt``...),
+``val_score`` (mean of those three, the ``best.pt`` criterion) and
+``val_seconds``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,16 @@ from pathlib import Path
 __all__ = ["FIXED_HEAD", "VAL_COLUMNS", "MetricsLog", "plot_loss_curve", "read_metrics"]
 
 FIXED_HEAD = ("step", "epoch", "lr", "loss")
-VAL_COLUMNS = ("val_loss", "val_dice_wt", "val_dice_tc", "val_dice_et")
+VAL_COLUMNS = (
+    "val_wt_all",
+    "val_tc_all",
+    "val_et_all",
+    "val_wt",
+    "val_tc",
+    "val_et",
+    "val_score",
+    "val_seconds",
+)
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
@@ -131,18 +143,18 @@ def plot_loss_curve(metrics_csv: Path, png: Path, title: str = "") -> Path | Non
         ax_loss.plot(px, _smooth(py, max(1, len(py) // 20)), lw=1.0, label=key)
     ax_loss.set(xlabel="step", ylabel="loss", title=title or "training loss")
     ax_loss.legend(fontsize=7)
-    vx, vy = _series(rows, "val_loss")
-    ax_val.plot(vx, vy, marker="o", ms=3, color="k", label="val_loss")
-    ax_val.set(
-        xlabel="step", ylabel="validation loss", title="validation (fixed crops, all modalities)"
-    )
-    ax_dice = ax_val.twinx()
-    for key in VAL_COLUMNS[1:]:
-        dx, dy = _series(rows, key)
-        ax_dice.plot(dx, dy, marker="o", ms=3, label=key)
-    ax_dice.set(ylabel="Dice", ylim=(0.0, 1.0))
-    ax_val.legend(loc="upper left", fontsize=7)
-    ax_dice.legend(loc="upper right", fontsize=7)
+    colours = {"wt": "tab:green", "tc": "tab:orange", "et": "tab:red"}
+    for region, colour in colours.items():
+        mx, my = _series(rows, f"val_{region}")
+        ax_val.plot(
+            mx, my, marker="o", ms=3, color=colour, label=f"{region.upper()} (15-subset mean)"
+        )
+        ax, ay = _series(rows, f"val_{region}_all")
+        ax_val.plot(
+            ax, ay, ls="--", marker=".", color=colour, label=f"{region.upper()} (all modalities)"
+        )
+    ax_val.set(xlabel="step", ylabel="Dice", ylim=(0.0, 1.0), title="validation (full volumes)")
+    ax_val.legend(loc="lower right", fontsize=7)
     tmp = png.with_name(f".{png.stem}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=90)
     plt.close(fig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -228,3 +229,15 @@ def test_cli_build_help_and_missing_root(tmp_path: Path) -> None:
         main, ["build", "--in", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]
     )
     assert result.exit_code == 2 and "error:" in result.output
+
+
+def test_embedded_cluster_leaves_the_callers_environment_alone() -> None:
+    """Dask's nanny writes OMP_NUM_THREADS=1 etc. into the caller's environment; a later
+    torch import in the same process (build, then train) would get one thread."""
+    from aem_synth.build import local_cluster
+
+    before = dict(os.environ)
+    with local_cluster(1) as cluster:
+        assert len(cluster.workers) == 1
+        assert dict(os.environ) == before
+    assert dict(os.environ) == before

@@ -14,7 +14,7 @@ from train.config import load_config
 from train.fit.distributed import DistInfo, init_distributed
 from train.fit.stages import build_model
 
-OVERRIDES = ["stage.pretrain.epochs=1", "stage.pretrain.iters_per_epoch=3", "data.val_crops=1"]
+OVERRIDES = ["stage.pretrain.epochs=1", "stage.pretrain.iters_per_epoch=3", "data.val_cases=1"]
 
 
 def _free_port() -> int:

@@ -177,3 +177,37 @@ def test_rfnet_loss_modality_mask_restricts_aux_terms() -> None:
     assert altered_parts["aux"] == pytest.approx(parts["aux"], rel=1e-6)
     with pytest.raises(ValueError, match=r"modality_mask shape \(2, 4\) does not match"):
         rfnet_loss(out, target, modality_mask=torch.ones(2, 4, dtype=torch.bool))
+
+
+def test_class_weighting_none_is_plain_cross_entropy() -> None:
+    target, logits = _target(), _random_logits((2, K, 8, 8, 8))
+    expected = torch.nn.functional.cross_entropy(logits, target)
+    torch.testing.assert_close(weighted_cross_entropy(logits, target, "none"), expected)
+
+
+def test_class_weighting_sqrt_has_unit_mean_weight_and_favours_rare_classes() -> None:
+    target = torch.zeros((1, 8, 8, 8), dtype=torch.int64)
+    target[0, :2, :2, :2] = 3  # 8 of 512 voxels
+    zero = torch.zeros((1, K, 8, 8, 8))  # uniform prediction: every voxel's NLL is log K
+    nll = torch.log(torch.tensor(float(K)))
+    torch.testing.assert_close(weighted_cross_entropy(zero, target, "sqrt"), nll)
+    logits = zero.clone()
+    logits[:, 3] = 2.0  # right on the 8 ET voxels, wrong on the 504 background ones
+    plain = weighted_cross_entropy(logits, target, "none")
+    assert weighted_cross_entropy(logits, target, "sqrt") < plain
+
+
+def test_unknown_class_weighting_is_rejected() -> None:
+    with pytest.raises(
+        ValueError, match=r"class weighting must be one of \['rfnet', 'none', 'sqrt'\]"
+    ):
+        weighted_cross_entropy(_random_logits((1, K, 4, 4, 4)), _target((1, 4, 4, 4)), "inverse")
+
+
+def test_rfnet_loss_passes_the_weighting_to_every_term() -> None:
+    target = _target()
+    out = _output(target, perfect=False)
+    _, rfnet = rfnet_loss(out, target)
+    _, plain = rfnet_loss(out, target, class_weights="none")
+    for part in ("fused", "aux", "deep", "region"):
+        assert plain[part] != pytest.approx(rfnet[part])

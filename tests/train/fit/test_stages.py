@@ -15,6 +15,7 @@ from train.config import Config, load_config
 from train.fit.checkpoint import load_checkpoint
 from train.fit.loop import NonFiniteLossError
 from train.fit.stages import StageError, resolve_init, run_stage
+from train.report.plots import VAL_COLUMNS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -62,11 +63,15 @@ def test_lr_follows_the_poly_schedule(chain: tuple[Config, Path]) -> None:
 def test_validation_is_logged_on_validated_epoch_ends(chain: tuple[Config, Path]) -> None:
     cfg, _ = chain
     rows = read_rows(cfg.stage_dir("posttrain") / "metrics.csv")
-    filled = [int(r["step"]) for r in rows if r["val_loss"]]
+    filled = [int(r["step"]) for r in rows if r["val_score"]]
     assert filled == [cfg.stage.posttrain.total_steps]  # validate_every = 2 of 2 epochs
-    dice = float(rows[-1]["val_dice_wt"])
-    assert 0.0 <= dice <= 1.0
+    values = {k: float(rows[-1][k]) for k in VAL_COLUMNS if k != "val_seconds"}
+    assert all(0.0 <= v <= 1.0 for v in values.values())
+    means = [values["val_wt"], values["val_tc"], values["val_et"]]
+    assert values["val_score"] == pytest.approx(float(np.mean(means)), abs=1e-5)
     assert {"seg", "kd", "kd_feat", "kd_pred"} <= set(rows[0])
+    best = load_checkpoint(cfg.stage_dir("posttrain") / "best.pt")
+    assert best["best_score"] == pytest.approx(values["val_score"], abs=1e-5)
 
 
 def test_stages_chain_their_initialisation(chain: tuple[Config, Path]) -> None:
@@ -133,10 +138,39 @@ def test_non_finite_loss_stops_with_step_and_part_and_keeps_last_checkpoint(
         return loss, parts
 
     monkeypatch.setattr(train.fit.losses, "rfnet_loss", flaky)
-    cfg = load_config(tiny_config_file(tmp_path, store), ["data.val_crops=0"])
+    cfg = load_config(tiny_config_file(tmp_path, store), ["stage.pretrain.validate_every=0"])
     with pytest.raises(NonFiniteLossError, match=r"step 3 \(epoch 1\).*aux = nan.*last\.pt"):
         run_stage(cfg, "pretrain", progress=False)
     out = cfg.stage_dir("pretrain")
     assert not (out / "final.pt").exists()
     assert load_checkpoint(out / "last.pt")["step"] == 2
     assert [int(r["step"]) for r in read_rows(out / "metrics.csv")] == [1, 2]
+
+
+def test_validation_dice_equals_evaluate_on_the_best_checkpoint(
+    chain: tuple[Config, Path], tmp_path: Path
+) -> None:
+    """best.pt scored by `train evaluate` on the val split gives the logged validation Dice."""
+    from train.inference.evaluate import evaluate
+
+    cfg, _ = chain
+    stage_dir = cfg.stage_dir("pretrain")
+    best = load_checkpoint(stage_dir / "best.pt")
+    rows = [r for r in read_rows(stage_dir / "metrics.csv") if r["val_score"]]
+    row = next(r for r in rows if float(r["val_score"]) == pytest.approx(best["best_score"]))
+    result = evaluate(stage_dir / "best.pt", split="val", out_dir=tmp_path, progress=False)
+    all_four = result.dice.values[result.dice.subsets.index((True, True, True, True))]
+    for i, region in enumerate(("wt", "tc", "et")):
+        assert float(row[f"val_{region}"]) == pytest.approx(result.dice.average[i], abs=1e-5)
+        assert float(row[f"val_{region}_all"]) == pytest.approx(all_four[i], abs=1e-5)
+    assert result.dice.n_cases == 1
+
+
+def test_best_checkpoint_keeps_the_highest_validation_score(chain: tuple[Config, Path]) -> None:
+    cfg, _ = chain
+    stage_dir = cfg.stage_dir("pretrain")  # validated after each of its 2 epochs
+    scores = [float(r["val_score"]) for r in read_rows(stage_dir / "metrics.csv") if r["val_score"]]
+    assert len(scores) == cfg.stage.pretrain.epochs
+    best = load_checkpoint(stage_dir / "best.pt")
+    assert best["best_score"] == pytest.approx(max(scores), abs=1e-6)
+    assert best["finished"] and "optimizer" not in best

@@ -17,6 +17,8 @@ from train.inference.sliding_window import (
     padded_shape,
     predict_subsets,
     resolve_device,
+    resolve_window,
+    trained_window,
     window_starts,
 )
 
@@ -163,3 +165,26 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_subset_batching_matches_one_subset_at_a_time(image: np.ndarray) -> None:
+    rfnet = pytest.importorskip("train.models.rfnet")
+    torch.manual_seed(0)
+    model = rfnet.RFNet(num_classes=4, base_channels=4)
+    kw: dict[str, Any] = {"window": (16, 16, 16), "device": "cpu"}
+    one = predict_subsets(model, image[:, :20, :20, :16], ALL_SUBSETS, subset_batch=1, **kw)
+    many = predict_subsets(model, image[:, :20, :20, :16], ALL_SUBSETS, subset_batch=6, **kw)
+    for s in ALL_SUBSETS:
+        np.testing.assert_allclose(many[s], one[s], atol=1e-5)
+
+
+def test_window_defaults_to_the_training_crop_of_the_checkpoint() -> None:
+    meta = {"config": {"data": {"crop": [32, 32, 36]}}}
+    assert trained_window(meta) == (32, 32, 40)  # rounded up to a multiple of 8
+    assert resolve_window(None, meta) == ((32, 32, 40), None)
+    assert resolve_window(None, {}) == ((80, 80, 80), None)
+    assert resolve_window(48, {}) == ((48, 48, 48), None)
+    size, note = resolve_window(80, meta)
+    assert size == (80, 80, 80)
+    assert note is not None and "differs from the training crop 32x32x40" in note
+    assert resolve_window([32, 32, 40], meta) == ((32, 32, 40), None)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from aem_synth.build import BuildOptions, build
 from aem_synth.phantom import parse_shape, write_phantom_dataset
-from train.config import load_config
+from train.config_files import load_config
 from train.fit.stages import run_stage
 
 CONFIG = Path(__file__).resolve().parent.parent / "pipelines" / "demo.toml"

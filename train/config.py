@@ -1,8 +1,9 @@
-"""Typed, frozen run configuration read from TOML, with dotted ``--set`` overrides.
+"""Typed, frozen run configuration: its sections, their defaults and the value checks.
 
 A config file has top-level keys (``name``, ``shards``, ``runs_dir``, ``seed``,
 ``device``, ``precision``, ``workers``) and tables ``[model]``, ``[data]``,
-``[augment]``, ``[stage.pretrain]``, ``[stage.train]``, ``[stage.posttrain]``.
+``[loss]``, ``[augment]``, ``[stage.pretrain]``, ``[stage.train]``,
+``[stage.posttrain]``; files are read and written by :mod:`train.config_files`.
 Every key is optional except ``name`` and ``shards``; unknown keys are
 rejected with a message naming them and their section.  Overrides use dotted
 paths and TOML values: ``stage.train.epochs=3``, ``data.crop=[48,48,48]``,
@@ -12,7 +13,6 @@ paths and TOML values: ``stage.train.epochs=3``, ``data.crop=[48,48,48]``,
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from dataclasses import dataclass
@@ -31,9 +31,6 @@ __all__ = [
     "StageConfig",
     "config_from_dict",
     "config_to_dict",
-    "dump_toml",
-    "load_config",
-    "parse_override",
 ]
 
 STAGES: tuple[str, str, str] = ("pretrain", "train", "posttrain")
@@ -107,7 +104,7 @@ class LossConfig:
         (plain cross-entropy) or ``"sqrt"`` (inverse square-root batch frequency).
     """
 
-    class_weights: str = "none"
+    class_weights: str = "sqrt"
 
 
 @dataclass(frozen=True)
@@ -373,91 +370,3 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
         else:
             out[f.name] = v
     return out
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split ``"a.b.c=value"`` into ``(["a", "b", "c"], parsed value)``.
-
-    The value is parsed as TOML (``3``, ``2e-4``, ``true``, ``[48, 48, 48]``,
-    ``"x"``); anything that is not valid TOML is kept as a plain string.
-    """
-    key, sep, raw = text.partition("=")
-    path = [p.strip() for p in key.split(".")]
-    if not sep or not all(path):
-        raise ConfigError(f"override {text!r} must look like section.key=value")
-    try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return path, value
-
-
-def _apply(table: dict[str, Any], path: list[str], value: Any, text: str) -> None:
-    node = table
-    for part in path[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
-        node = child
-    node[path[-1]] = value
-
-
-def load_config(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a TOML config, apply dotted overrides, check types and values.
-
-    Parameters
-    ----------
-    path : Path or str
-        TOML file.
-    overrides : list of str
-        ``"section.key=value"`` strings applied in order (later ones win).
-
-    Raises
-    ------
-    ConfigError
-        Missing or unreadable file, unknown keys (named with their section),
-        wrong types, out-of-range values.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        table = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
-    for text in overrides:
-        keys, value = parse_override(text)
-        _apply(table, keys, value, text)
-    try:
-        return config_from_dict(table)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise ConfigError(f"cannot write {type(v).__name__} {v!r} to TOML")
-
-
-def _toml_lines(table: dict[str, Any], prefix: str) -> list[str]:
-    lines = [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
-    for k, v in table.items():
-        if isinstance(v, dict):
-            name = f"{prefix}{k}"
-            sub = _toml_lines(v, f"{name}.")
-            if any(not isinstance(x, dict) for x in v.values()):
-                lines += ["", f"[{name}]"]
-            lines += sub
-    return lines
-
-
-def dump_toml(cfg: Config) -> str:
-    """The resolved config as TOML text that :func:`load_config` reads back to an equal config."""
-    return "\n".join(_toml_lines(config_to_dict(cfg), "")) + "\n"

@@ -19,7 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from train.config import STAGES, Config, ConfigError, load_config
+from train.config import STAGES, Config, ConfigError
+from train.config_files import load_config
 
 __all__ = [
     "DEFAULT_SHARDS",

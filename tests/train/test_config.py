@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from train.config import ConfigError, config_from_dict, dump_toml, load_config, parse_override
+from train.config import ConfigError, config_from_dict
+from train.config_files import dump_toml, load_config, parse_override
 
 PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
 

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from tests.train.helpers import make_store
 from train.cli import main as train_cli
-from train.config import ConfigError, load_config
+from train.config import ConfigError
+from train.config_files import load_config
 from train.recipes import dataset_of_store, latest_checkpoint, resolve_config
 
 
@@ -71,7 +72,7 @@ def test_resolve_config_falls_back_to_the_generic_recipe(tmp_path: Path) -> None
     store = _with_manifest(make_store(tmp_path / "s", 1, 0, 1), options={}, cases=["case_a"])
     resolved = resolve_config(None, shards=store)
     assert resolved.source == "pipelines/generic.toml"
-    assert resolved.config.name == "aem" and resolved.config.loss.class_weights == "none"
+    assert resolved.config.name == "aem" and resolved.config.loss.class_weights == "sqrt"
     assert "not recognised" in resolved.reason
 
 

@@ -16,7 +16,7 @@ T1ce, T2); images are ``float32`` ``(B, 4, X, Y, Z)``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from train.data.subsets import ALL_SUBSETS
+from train.fit.objectives import SegLoss
 
 __all__ = [
     "TEACHER_SUBSETS",
@@ -177,9 +178,6 @@ def refresh_teacher(teacher: nn.Module, student: nn.Module) -> None:
     with torch.no_grad():
         teacher.load_state_dict(unwrap(student).state_dict())
     _freeze(teacher)
-
-
-SegLoss = Callable[..., tuple[Tensor, dict[str, Any]]]
 
 
 class KDObjective:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,14 +40,13 @@ from train.data import batch_to_device
 from train.data.augment import BatchAugment
 from train.fit.checkpoint import load_checkpoint, save_checkpoint
 from train.fit.distributed import DistInfo, all_reduce_mean, autocast_dtype, barrier, wrap_model
+from train.fit.objectives import Objective
 from train.fit.optim import build_optimizer, poly_lr, set_lr
 from train.fit.validation import BEST_KEY
 from train.report.plots import MetricsLog, plot_loss_curve
 
 __all__ = [
     "NonFiniteLossError",
-    "Objective",
-    "SegObjective",
     "StagePlan",
     "Trainer",
     "Validator",
@@ -56,9 +55,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SegLoss = Callable[..., tuple[Tensor, dict[str, Any]]]
-"""``seg_loss(output, target, modality_mask=mask) -> (loss, parts)`` (``train.fit.losses.rfnet_loss``)."""
-
 
 Validator = Callable[[nn.Module], dict[str, float]]
 """``validator(model) -> {column: value}``, larger ``val_score`` is better (:mod:`train.fit.validation`)."""
@@ -66,43 +62,6 @@ Validator = Callable[[nn.Module], dict[str, float]]
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or Inf; the message names the stage, step and loss part."""
-
-
-class Objective(Protocol):
-    """What a stage optimises: ``objective(model, batch, generator) -> (loss, parts)``."""
-
-    def __call__(
-        self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator
-    ) -> tuple[Tensor, dict[str, Tensor]]: ...
-
-    def on_epoch_end(self, epochs_done: int, model: nn.Module) -> bool: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-class SegObjective:
-    """Pretrain / train objective: the backbone's segmentation loss for the batch's modality subset."""
-
-    def __init__(self, seg_loss: SegLoss) -> None:
-        self.seg_loss = seg_loss
-
-    def __call__(
-        self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        out = model(batch["image"], batch["mask"])
-        loss, parts = self.seg_loss(out, batch["label"], modality_mask=batch["mask"])
-        return loss, {k: v for k, v in parts.items() if k != "total"}
-
-    def on_epoch_end(self, epochs_done: int, model: nn.Module) -> bool:
-        return False
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None
 
 
 @dataclass

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from aem_synth.errors import ShardError
-from train.config import STAGES, Config, dump_toml
+from train.config import STAGES, Config
+from train.config_files import dump_toml
 from train.data import CropDataset, make_loader, stage_refs
 from train.fit.checkpoint import load_checkpoint, load_weights
 from train.fit.distributed import (
@@ -37,7 +38,8 @@ from train.fit.distributed import (
     init_distributed,
 )
 from train.fit.kd import KDObjective, make_teacher
-from train.fit.loop import Objective, SegObjective, StagePlan, run_loop
+from train.fit.loop import StagePlan, run_loop
+from train.fit.objectives import Objective, SegObjective
 from train.fit.validation import FullVolumeValidator, validation_refs
 
 __all__ = [

@@ -17,6 +17,7 @@ from train.inference.evaluate import (
     evaluate_sample,
     predict_labels,
 )
+from train.inference.loading import InferenceModel, load_for_inference
 from train.inference.metrics import case_metrics, conventions, dice, hd95
 from train.inference.predict import (
     FolderPrediction,
@@ -32,6 +33,7 @@ __all__ = [
     "EvaluationResult",
     "FIGURE_SUBSETS",
     "FolderPrediction",
+    "InferenceModel",
     "NUM_CLASSES",
     "PredictionResult",
     "WindowOptions",
@@ -42,6 +44,7 @@ __all__ = [
     "evaluate_model",
     "evaluate_sample",
     "hd95",
+    "load_for_inference",
     "predict",
     "predict_case",
     "predict_folder",

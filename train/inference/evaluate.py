@@ -19,7 +19,6 @@ with Dice and HD95 of WT, TC and ET (:mod:`train.inference.metrics`).  Outputs w
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,8 +54,6 @@ __all__ = [
     "predict_labels",
     "read_sample",
 ]
-
-log = logging.getLogger(__name__)
 
 NUM_CLASSES = 4
 _T, _F = True, False
@@ -391,17 +388,20 @@ def evaluate(
     (default) takes the training crop recorded in the checkpoint, and another
     size logs a one-line note.
     """
-    from train.fit.checkpoint import load_model_from_checkpoint
-    from train.inference.sliding_window import resolve_device, resolve_window
+    from train.inference.loading import load_for_inference
 
     checkpoint = Path(checkpoint)
-    dev = resolve_device(device)
-    model, meta = load_model_from_checkpoint(checkpoint, dev)
-    size, note = resolve_window(window, meta)
-    if note:
-        log.warning(note)
-    win = WindowOptions(size, overlap, gaussian, batch_size, amp)
-    opts = EvaluationOptions(win, et_postprocess, str(dev))
+    loaded = load_for_inference(
+        checkpoint,
+        device,
+        window=window,
+        overlap=overlap,
+        gaussian=gaussian,
+        batch_size=batch_size,
+        amp=amp,
+    )
+    model, meta = loaded.model, loaded.meta
+    opts = EvaluationOptions(loaded.window, et_postprocess, str(loaded.device))
     shards = Path(shards) if shards is not None else _shards_from_meta(meta, checkpoint)
     out = Path(out_dir) if out_dir is not None else checkpoint.parent / f"eval-{split}"
     meta_doc = {"path": str(checkpoint), **(meta if isinstance(meta, dict) else {"meta": meta})}

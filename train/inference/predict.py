@@ -19,7 +19,6 @@ by suffix).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +45,6 @@ __all__ = [
     "predict_folder",
     "predict_record",
 ]
-
-log = logging.getLogger(__name__)
 
 OUTPUT_SUFFIX = "_seg.nii.gz"
 
@@ -253,18 +250,25 @@ def predict(
     """Load ``checkpoint`` and predict one case folder (``case``, ``out`` = file) or every
     case below ``root`` (``out`` = folder).  Exactly one of ``case`` / ``root`` is given.
     ``window=None`` takes the training crop recorded in the checkpoint."""
-    from train.fit.checkpoint import load_model_from_checkpoint
-    from train.inference.sliding_window import resolve_device, resolve_window
+    from train.inference.loading import load_for_inference
 
     if (case is None) == (root is None):
         raise ValueError("give exactly one of a case folder (--case) or a dataset root (--in)")
-    dev = resolve_device(device)
-    model, meta = load_model_from_checkpoint(checkpoint, dev)
-    size, note = resolve_window(window, meta)
-    if note:
-        log.warning(note)
-    opts = WindowOptions(size, overlap, gaussian, batch_size, amp)
-    kw: dict[str, Any] = {"window": opts, "device": str(dev), "et_postprocess": et_postprocess}
+    loaded = load_for_inference(
+        checkpoint,
+        device,
+        window=window,
+        overlap=overlap,
+        gaussian=gaussian,
+        batch_size=batch_size,
+        amp=amp,
+    )
+    model = loaded.model
+    kw: dict[str, Any] = {
+        "window": loaded.window,
+        "device": str(loaded.device),
+        "et_postprocess": et_postprocess,
+    }
     if case is not None:
         return predict_case(model, Path(case), Path(out), layout=layout, **kw)
     return predict_folder(model, Path(root), Path(out), layout=layout, progress=progress, **kw)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 from tests.train.helpers import make_store, read_rows, tiny_config_file
-from train.config import load_config
+from train.config_files import load_config
 from train.fit.distributed import DistInfo, init_distributed
 from train.fit.stages import build_model
 

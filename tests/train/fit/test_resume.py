@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.train.helpers import make_store, read_rows, tiny_config_file
-from train.config import load_config
+from train.config_files import load_config
 from train.fit.checkpoint import load_checkpoint
 from train.fit.stages import run_stage
 

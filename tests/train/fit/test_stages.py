@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from tests.train.helpers import make_store, read_rows, tiny_config_file
 from train.cli import main as train_cli
-from train.config import Config, load_config
+from train.config import Config
+from train.config_files import load_config
 from train.fit.checkpoint import load_checkpoint
 from train.fit.loop import NonFiniteLossError
 from train.fit.stages import StageError, resolve_init, run_stage

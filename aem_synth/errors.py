@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["AemSynthError", "DatasetError", "CaseError", "ShardError", "BuildError"]
+__all__ = [
+    "AemSynthError",
+    "DatasetError",
+    "CaseError",
+    "ShardError",
+    "BuildError",
+    "OutputPathError",
+]
 
 
 class AemSynthError(Exception):
@@ -28,3 +35,7 @@ class ShardError(AemSynthError, ValueError):
 
 class BuildError(AemSynthError, RuntimeError):
     """The build cannot continue (e.g. a bad case under ``--strict``)."""
+
+
+class OutputPathError(AemSynthError, ValueError):
+    """An output location cannot be used (a file, under a file, not writable)."""

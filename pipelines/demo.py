@@ -101,6 +101,7 @@ def main(out: Path, cases: int, shape: str, workers: int, seed: int) -> None:
             "train",
             ["run", "--stage", stage, "--config", str(CONFIG), *overrides],
         )
+    _validation_summary(runs / "demo", out / "validation.png")
     ckpt = runs / "demo" / "posttrain" / "best.pt"  # best full-volume validation score
     _step(
         "evaluate (test split, 15 subsets)",
@@ -121,6 +122,26 @@ def main(out: Path, cases: int, shape: str, workers: int, seed: int) -> None:
     click.secho(
         f"\ndemo finished in {time.perf_counter() - t0:.0f} s; outputs in {out}/", bold=True
     )
+
+
+def _validation_summary(run: Path, png: Path) -> None:
+    """Print full-volume validation Dice against steps and draw it to ``png``."""
+    from train.report.plots import plot_validation_history, validation_history
+
+    stages = {s: run / s / "metrics.csv" for s in ("pretrain", "train", "posttrain")}
+    click.secho(
+        "\n== validation Dice (%) against steps (2 validation cases, full volumes)", bold=True
+    )
+    click.echo("stage      step   WT all  TC all  ET all | WT 15-mean  TC 15-mean  ET 15-mean")
+    for h in validation_history(stages):
+        cols = ("val_wt_all", "val_tc_all", "val_et_all", "val_wt", "val_tc", "val_et")
+        v = [100 * float(h[c]) for c in cols]
+        click.echo(
+            f"{h['stage']:<9} {h['step']:>5}   {v[0]:6.2f}  {v[1]:6.2f}  {v[2]:6.2f} |"
+            f"      {v[3]:6.2f}      {v[4]:6.2f}      {v[5]:6.2f}"
+        )
+    if plot_validation_history(stages, png, "demo: full-volume validation Dice"):
+        click.echo(f"wrote {png}")
 
 
 def _first_synthetic_sample(shards: Path) -> str:

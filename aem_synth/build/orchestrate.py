@@ -36,6 +36,7 @@ from aem_synth.build.options import BuildOptions, BuildSummary
 from aem_synth.build.tasks import CaseFailure, ShardSpec, finished_shard, prepare_case, run_shard
 from aem_synth.build.tasks import source_key as case_source_key
 from aem_synth.errors import BuildError
+from aem_synth.paths import prepare_output_dir
 from aem_synth.store.cache import CaseSummary
 from aem_synth.store.shards import (
     DEFAULT_CHUNK,
@@ -85,7 +86,7 @@ def build(options: BuildOptions) -> BuildSummary:
 
     t0 = time.perf_counter()
     out = options.out
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out, "build output folder (--out)")
     _start_clean(out)
     state = _State(options)
     for rec in discover(options.root, layout=options.layout):

@@ -204,7 +204,9 @@ def real_meta(summary: CaseSummary, split: str) -> dict[str, Any]:
         "ornt": geo.get("ornt"),
         "present": list(summary.present),
         "stats": summary.stats,
-        "calibration": summary.calibration,
+        # Wall-clock seconds stay in the manifest's per-case record: in the sample they
+        # would make two identical builds write different shard bytes and checksums.
+        "calibration": {k: v for k, v in summary.calibration.items() if k != "seconds"},
     }
 
 

@@ -12,6 +12,7 @@ same values because the brain mask lies entirely inside its bounding box.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TypeVar
 
@@ -268,17 +269,25 @@ def write_label_like(
     Returns
     -------
     Path
-        ``out_path``; the file holds uint8 labels.
+        ``out_path``; the file holds uint8 labels.  It is written under a
+        temporary name in the same folder and renamed into place, so a killed
+        or failed write never leaves a partial file at ``out_path``.
     """
     lay = resolve_layout(layout) if isinstance(layout, str) else layout
     data = to_original(lay.to_layout_labels(label_internal_full_canonical), geometry)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     affine = np.asarray(geometry.original_affine, dtype=np.float64)
-    if out_path.name.lower().endswith((".nii", ".nii.gz")):
-        _write_nifti(data, affine, Path(reference_file), out_path)
-    else:
-        _write_itk(data, affine, out_path)
+    # The temporary name keeps the extension: nibabel and SimpleITK choose the format by it.
+    tmp = out_path.with_name(f".tmp-{os.getpid()}-{out_path.name}")
+    try:
+        if out_path.name.lower().endswith((".nii", ".nii.gz")):
+            _write_nifti(data, affine, Path(reference_file), tmp)
+        else:
+            _write_itk(data, affine, tmp)
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out_path
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from aem_synth import __version__
+from aem_synth.paths import prepare_output_dir
 from aem_synth.phantom.anatomy import PLANE_RANGES, TISSUES, sample_phantom_params
 from aem_synth.phantom.render import render_phantom
 from aem_synth.types import MODALITIES, BoolArray, FloatArray, LabelArray
@@ -259,8 +260,7 @@ def write_phantom_dataset(
         raise ValueError(f"phantom n_cases must be an integer >= 1, got {n_cases!r}")
     if int(seed) != seed or seed < 0:
         raise ValueError(f"phantom seed must be a non-negative integer, got {seed!r}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out, "phantom output folder")
     writer = {"brats2020": _write_2020, "brats2023": _write_2023, "brats2015": _write_2015}[layout]
     entries, folders = [], []
     for index, case_seed in enumerate(_case_seeds(int(seed), int(n_cases))):

@@ -108,7 +108,8 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     ------
     CheckpointError
         The message lists the parameters only in the checkpoint, only in the
-        model, and those whose shapes differ (checkpoint vs model).
+        model, and those whose shapes differ (checkpoint vs model); or names
+        the tensors that hold NaN or Inf values.
     """
     own = model.state_dict()
     extra = sorted(set(state) - set(own))
@@ -126,6 +127,14 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
         if missing:
             parts.append(f"only in model: {_describe(missing, own)}")
         raise CheckpointError(f"{source}: checkpoint does not fit the model; " + "; ".join(parts))
+    bad = sorted(
+        k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    )
+    if bad:  # a model with NaN/Inf weights predicts garbage (all background) without a word
+        raise CheckpointError(
+            f"{source}: {len(bad)} parameter tensor(s) hold NaN or Inf values "
+            f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); the checkpoint is unusable"
+        )
     model.load_state_dict(state)
 
 

@@ -250,10 +250,15 @@ def predict(
     """Load ``checkpoint`` and predict one case folder (``case``, ``out`` = file) or every
     case below ``root`` (``out`` = folder).  Exactly one of ``case`` / ``root`` is given.
     ``window=None`` takes the training crop recorded in the checkpoint."""
+    from aem_synth.paths import prepare_output_dir, prepare_output_file
     from train.inference.loading import load_for_inference
 
     if (case is None) == (root is None):
         raise ValueError("give exactly one of a case folder (--case) or a dataset root (--in)")
+    if case is not None:  # checked before the model loads and inference starts
+        prepare_output_file(out, what="prediction output (--out)")
+    else:
+        prepare_output_dir(out, "prediction output folder (--out)")
     loaded = load_for_inference(
         checkpoint,
         device,

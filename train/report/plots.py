@@ -19,7 +19,15 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["FIXED_HEAD", "VAL_COLUMNS", "MetricsLog", "plot_loss_curve", "read_metrics"]
+__all__ = [
+    "FIXED_HEAD",
+    "VAL_COLUMNS",
+    "MetricsLog",
+    "plot_loss_curve",
+    "plot_validation_history",
+    "read_metrics",
+    "validation_history",
+]
 
 FIXED_HEAD = ("step", "epoch", "lr", "loss")
 VAL_COLUMNS = (
@@ -155,6 +163,63 @@ def plot_loss_curve(metrics_csv: Path, png: Path, title: str = "") -> Path | Non
         )
     ax_val.set(xlabel="step", ylabel="Dice", ylim=(0.0, 1.0), title="validation (full volumes)")
     ax_val.legend(loc="lower right", fontsize=7)
+    tmp = png.with_name(f".{png.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, png)
+    return png
+
+
+def validation_history(stages: Mapping[str, Path]) -> list[dict[str, float | str]]:
+    """Validated rows of several stages' ``metrics.csv`` on one step axis.
+
+    ``stages`` maps stage name -> ``metrics.csv`` in run order; a stage's steps
+    are offset by the steps of the stages before it.  Each returned row has
+    ``stage``, ``step`` (cumulative) and the :data:`VAL_COLUMNS` as floats.
+    """
+    out: list[dict[str, float | str]] = []
+    offset = 0
+    for stage, path in stages.items():
+        rows = read_metrics(Path(path))
+        for r in rows:
+            if r.get("val_score"):
+                row: dict[str, float | str] = {"stage": stage, "step": offset + int(r["step"])}
+                row |= {k: float(r[k]) for k in VAL_COLUMNS if r.get(k)}
+                out.append(row)
+        offset += int(rows[-1]["step"]) if rows else 0
+    return out
+
+
+def plot_validation_history(stages: Mapping[str, Path], png: Path, title: str = "") -> Path | None:
+    """Full-volume validation Dice against cumulative steps across stages, to ``png``.
+
+    Solid: mean over the 15 modality subsets; dashed: all four modalities;
+    dotted vertical lines: stage ends.  ``None`` when no stage was validated.
+    """
+    history = validation_history(stages)
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    steps = [float(h["step"]) for h in history]
+    for region, colour in (("wt", "tab:green"), ("tc", "tab:orange"), ("et", "tab:red")):
+        mean = [float(h.get(f"val_{region}", math.nan)) for h in history]
+        every = [float(h.get(f"val_{region}_all", math.nan)) for h in history]
+        ax.plot(steps, mean, marker="o", color=colour, label=f"{region.upper()} 15-subset mean")
+        ax.plot(steps, every, ls="--", marker=".", color=colour, label=f"{region.upper()} all")
+    offset = 0
+    for stage, path in stages.items():
+        rows = read_metrics(Path(path))
+        offset += int(rows[-1]["step"]) if rows else 0
+        ax.axvline(offset, color="0.6", ls=":", lw=1)
+        ax.text(offset, 0.02, f" end of {stage}", rotation=90, fontsize=7, va="bottom")
+    ax.set(xlabel="step (all stages)", ylabel="Dice", ylim=(0.0, 1.0))
+    ax.set_title(title or "full-volume validation Dice")
+    ax.legend(fontsize=7, loc="lower right")
     tmp = png.with_name(f".{png.stem}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=90)
     plt.close(fig)

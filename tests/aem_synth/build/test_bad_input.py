@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import gzip
 import re
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from aem_synth.cli import main as aem_cli
 from aem_synth.dataset.discover import discover, discover_case
 from aem_synth.dataset.load import load_case, load_volume
-from aem_synth.errors import CaseError, DatasetError
+from aem_synth.errors import CaseError, DatasetError, OutputPathError
+from aem_synth.paths import prepare_output_dir
 from aem_synth.types import MODALITIES
 
 SHAPE = (6, 5, 4)
@@ -219,3 +224,45 @@ def test_duplicate_case_ids_name_both_folders(tmp_path: Path) -> None:
         match=rf"duplicate case ids: 'Brats18_x' in {tmp_path}/HGG/Brats18_x and {tmp_path}/copy/Brats18_x",
     ):
         discover(tmp_path)
+
+
+def _file(tmp_path: Path) -> Path:
+    f = tmp_path / "afile"
+    f.write_text("not a folder")
+    return f
+
+
+@pytest.mark.parametrize(
+    ("make_out", "message"),
+    [
+        (lambda t: _file(t), r"output folder \(--out\) .*afile is a file, not a folder"),
+        (lambda t: _file(t) / "sub", r"lies under .*afile, which is a file"),
+    ],
+    ids=["out-is-a-file", "out-under-a-file"],
+)
+@pytest.mark.parametrize("command", ["build", "phantom"])
+def test_output_folder_problems_are_clear_errors_before_any_work(
+    tmp_path: Path, make_out: Callable[[Path], Path], message: str, command: str
+) -> None:
+    out = make_out(tmp_path)
+    args = {
+        "build": ["build", "--in", str(tmp_path), "--out", str(out)],
+        "phantom": ["phantom", "--out", str(out), "--cases", "1", "--shape", "48,48,32"],
+    }[command]
+    result = CliRunner().invoke(aem_cli, args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    expected = message if command == "build" else message.replace(r" \(--out\)", "")
+    assert re.search(expected, result.output), result.output
+
+
+def test_unwritable_output_folder_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Root (as in CI) may write anywhere, so the refusal is simulated where it happens.
+    def refuse(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(OutputPathError, match=r"shards is not writable \(Permission denied\)"):
+        prepare_output_dir(tmp_path / "shards")

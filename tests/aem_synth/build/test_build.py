@@ -241,3 +241,17 @@ def test_embedded_cluster_leaves_the_callers_environment_alone() -> None:
         assert len(cluster.workers) == 1
         assert dict(os.environ) == before
     assert dict(os.environ) == before
+
+
+def test_two_identical_builds_write_identical_shard_files(
+    phantoms: Path, built, tmp_path: Path
+) -> None:
+    """Same inputs, options and seed -> byte-identical shards (no timings in sample metadata)."""
+    out, _ = built
+    again = tmp_path / "shards"
+    build(_options(phantoms, again))
+    first = {s["file"]: s["sha256"] for s in read_manifest(out)["shards"]}
+    second = {s["file"]: s["sha256"] for s in read_manifest(again)["shards"]}
+    assert first == second
+    for meta in _metas(again, "real").values():
+        assert "seconds" not in meta["calibration"] and "plane" in meta["calibration"]

@@ -172,3 +172,23 @@ def test_to_original_rejects_wrong_shape(tmp_path: Path) -> None:
     case = load_case(discover_case(case_dir))
     with pytest.raises(ValueError, match="does not match the canonical grid"):
         to_original(np.zeros((3, 3, 3), dtype=np.uint8), case.geometry)
+
+
+def test_write_label_like_never_leaves_a_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that dies half way (here: nibabel writes some bytes, then fails) leaves
+    neither a file at the target nor a temporary file beside it."""
+    case_dir, _ = _write_oriented_case(tmp_path, np.eye(4))
+    case = load_case(discover_case(case_dir))
+    assert case.label is not None
+    out = tmp_path / "out" / "p.nii.gz"
+
+    def dying_save(img: object, path: object) -> None:
+        Path(str(path)).write_bytes(b"\x1f\x8b partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nib, "save", dying_save)
+    with pytest.raises(OSError, match="disk full"):
+        write_label_like(case.label, case.geometry, "brats2020", case_dir / "c1_t1.nii.gz", out)
+    assert list(out.parent.iterdir()) == []

@@ -91,3 +91,16 @@ def test_unreadable_or_foreign_files_are_rejected(tmp_path: Path) -> None:
         match=r"foreign\.pt: not a checkpoint of this tool; missing keys \['format'",
     ):
         load_checkpoint(foreign)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_rejected_on_load(tmp_path: Path, bad: float) -> None:
+    model = build_backbone("rfnet", num_classes=4, base_channels=4)
+    state = model.state_dict()
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[name][0] = bad
+    payload = _payload(model)
+    payload["model"] = state
+    path = save_checkpoint(tmp_path / "final.pt", payload)
+    with pytest.raises(CheckpointError, match=rf"hold NaN or Inf values \({name}\)"):
+        load_model_from_checkpoint(path, "cpu")

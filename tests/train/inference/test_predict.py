@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -186,3 +187,32 @@ def test_predict_returns_folder_outcome(checkpoint: Path, tmp_path: Path) -> Non
         checkpoint, tmp_path / "o", root=tmp_path / "in", window=16, device="cpu", progress=False
     )
     assert isinstance(outcome, FolderPrediction) and len(outcome.results) == 1
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("a_folder", r"is a folder; give a file name ending in \.nii\.gz"),
+        ("seg.txt", r"the name must end in one of \.nii\.gz, \.nii, \.mha"),
+        ("afile/seg.nii.gz", r"lies under .*afile, which is a file"),
+    ],
+)
+def test_bad_output_paths_fail_before_inference(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str, message: str
+) -> None:
+    import train.inference.loading
+
+    case = write_case(tmp_path / "in", "BraTS20_Training_031", ("flair",))
+    (tmp_path / "a_folder").mkdir()
+    (tmp_path / "afile").write_text("x")
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the output path was checked")
+
+    from train.cli import main
+
+    monkeypatch.setattr(train.inference.loading, "load_for_inference", no_model)
+    args = ["predict", "--checkpoint", str(checkpoint), "--case", str(case)]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / target)])
+    assert result.exit_code == 2, result.output
+    assert re.search(message, result.output) and "Traceback" not in result.output

@@ -13,6 +13,7 @@ import torch
 from train.data.subsets import ALL_SUBSETS
 from train.inference.sliding_window import (
     WindowOptions,
+    auto_subset_batch,
     gaussian_importance,
     padded_shape,
     predict_subsets,
@@ -188,3 +189,13 @@ def test_window_defaults_to_the_training_crop_of_the_checkpoint() -> None:
     assert size == (80, 80, 80)
     assert note is not None and "differs from the training crop 32x32x40" in note
     assert resolve_window([32, 32, 40], meta) == ((32, 32, 40), None)
+
+
+def test_automatic_subsets_per_call_follow_the_voxel_budget() -> None:
+    assert auto_subset_batch((32, 32, 32), 2) == 5  # measured 1.4x faster on 2 cores
+    assert auto_subset_batch((80, 80, 80), 2) == 1  # measured 1.4x slower with 5
+    assert auto_subset_batch((8, 8, 8), 1) == 15  # never more than the 15 subsets
+    assert WindowOptions((32, 32, 32), batch_size=2).subsets_per_call == 5
+    assert WindowOptions((32, 32, 32), batch_size=2, subset_batch=3).subsets_per_call == 3
+    with pytest.raises(ValueError, match="subset_batch must be >= 0"):
+        WindowOptions((32, 32, 32), subset_batch=-1)

@@ -1,0 +1,1 @@
+"""Ablation configs of the paper (TOML files; no code)."""

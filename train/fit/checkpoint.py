@@ -29,6 +29,8 @@ from torch import nn
 from aem_synth import __version__
 
 __all__ = [
+    "check_same_config",
+    "config_differences",
     "CHECKPOINT_FORMAT",
     "CheckpointError",
     "load_checkpoint",
@@ -163,3 +165,47 @@ def load_model_from_checkpoint(
     model.to(device).eval()
     meta = {k: v for k, v in data.items() if k not in ("model", "optimizer", "objective", "rng")}
     return model, meta
+
+
+# Keys that may change between a run and its resume without changing what is computed.
+CONFIG_KEYS_FREE_TO_CHANGE: tuple[str, ...] = ("workers", "device")
+
+
+def _flatten(table: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(table, dict):
+        return {prefix: table}
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        out |= _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``"key: saved -> current"`` for every dotted config key that differs.
+
+    Keys in :data:`CONFIG_KEYS_FREE_TO_CHANGE` are ignored; a key present on
+    one side only shows as ``<absent>`` on the other.
+    """
+    a, b = _flatten(saved), _flatten(current)
+    absent = "<absent>"
+    return [
+        f"{k}: {a.get(k, absent)!r} -> {b.get(k, absent)!r}"
+        for k in sorted(set(a) | set(b))
+        if k not in CONFIG_KEYS_FREE_TO_CHANGE and a.get(k, absent) != b.get(k, absent)
+    ]
+
+
+def check_same_config(path: Path | str, saved: Any, current: dict[str, Any]) -> None:
+    """Raise :class:`CheckpointError` when ``path`` was written under another config.
+
+    The message lists the differing keys and points to ``--force``.
+    """
+    if not isinstance(saved, dict):
+        return  # checkpoints of other tools record no config to compare
+    diffs = config_differences(saved, current)
+    if diffs:
+        shown = "; ".join(diffs[:10]) + (f"; ... ({len(diffs)} in all)" if len(diffs) > 10 else "")
+        raise CheckpointError(
+            f"{path} was written with a different config ({shown}); run the stage again "
+            "with --force to start it over with the new config, or restore the old values"
+        )

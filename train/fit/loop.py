@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from train.config import Config, StageConfig, config_to_dict
 from train.data import batch_to_device
 from train.data.augment import BatchAugment
-from train.fit.checkpoint import load_checkpoint, save_checkpoint
+from train.fit.checkpoint import check_same_config, load_checkpoint, save_checkpoint
 from train.fit.distributed import DistInfo, all_reduce_mean, autocast_dtype, barrier, wrap_model
 from train.fit.objectives import Objective
 from train.fit.optim import build_optimizer, poly_lr, set_lr
@@ -197,6 +197,7 @@ class Trainer:
                 self.metrics.reset()
             return
         data = load_checkpoint(path, map_location=self.device)
+        check_same_config(path, data.get("config"), config_to_dict(self.cfg))
         if data["stage"] != self.plan.stage:
             raise ValueError(
                 f"{path}: checkpoint of stage {data['stage']!r}, expected {self.plan.stage!r}"

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from aem_synth.errors import ShardError
-from train.config import STAGES, Config
+from train.config import STAGES, Config, config_to_dict
 from train.config_files import dump_toml
 from train.data import CropDataset, make_loader, stage_refs
-from train.fit.checkpoint import load_checkpoint, load_weights
+from train.fit.checkpoint import check_same_config, load_checkpoint, load_weights
 from train.fit.distributed import (
     DistInfo,
     autocast_dtype,
@@ -246,8 +246,9 @@ def run_stage(
         raise StageError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
     final = cfg.stage_dir(stage) / "final.pt"
     if final.is_file() and not force:
-        steps = int(load_checkpoint(final)["step"])
-        return StageResult(stage, final.parent, "done", steps, final)
+        done = load_checkpoint(final)
+        check_same_config(final, done.get("config"), config_to_dict(cfg))
+        return StageResult(stage, final.parent, "done", int(done["step"]), final)
     info, device = init_distributed(cfg.device)
     try:
         _prepare_outputs(cfg, stage, info, force)

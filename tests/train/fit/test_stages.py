@@ -13,7 +13,7 @@ from tests.train.helpers import make_store, read_rows, tiny_config_file
 from train.cli import main as train_cli
 from train.config import Config
 from train.config_files import load_config
-from train.fit.checkpoint import load_checkpoint
+from train.fit.checkpoint import CheckpointError, load_checkpoint
 from train.fit.loop import NonFiniteLossError
 from train.fit.stages import StageError, resolve_init, run_stage
 from train.report.plots import VAL_COLUMNS
@@ -175,3 +175,29 @@ def test_best_checkpoint_keeps_the_highest_validation_score(chain: tuple[Config,
     best = load_checkpoint(stage_dir / "best.pt")
     assert best["best_score"] == pytest.approx(max(scores), abs=1e-6)
     assert best["finished"] and "optimizer" not in best
+
+
+def test_changed_config_stops_with_the_differing_keys(chain: tuple[Config, Path]) -> None:
+    """A finished stage re-run with another config names the differing keys."""
+    _, path = chain
+    runner = CliRunner()
+    args = ["run", "--stage", "train", "--config", str(path), "--no-progress"]
+    res = runner.invoke(train_cli, [*args, "--set", "stage.train.lr=0.5"])
+    assert res.exit_code == 2, res.output
+    assert "written with a different config (stage.train.lr: 0.0002 -> 0.5)" in res.output
+    assert "--force" in res.output and "Traceback" not in res.output
+    same = runner.invoke(train_cli, [*args, "--set", "workers=3"])  # free to change
+    assert same.exit_code == 0 and "already done" in same.output
+
+
+def test_resume_under_another_model_config_is_one_clear_error(store: Path, tmp_path: Path) -> None:
+    cfg = load_config(tiny_config_file(tmp_path, store), ["stage.pretrain.validate_every=0"])
+    run_stage(cfg, "pretrain", progress=False)
+    final = cfg.stage_dir("pretrain") / "final.pt"
+    final.rename(cfg.stage_dir("pretrain") / "last.pt.bak")  # keep only a resumable last.pt
+    bigger = load_config(
+        tiny_config_file(tmp_path, store),
+        ["stage.pretrain.validate_every=0", "model.base_channels=8"],
+    )
+    with pytest.raises(CheckpointError, match=r"model\.base_channels: 4 -> 8.*--force"):
+        run_stage(bigger, "pretrain", progress=False)

@@ -108,9 +108,17 @@ def _candidate_layouts(layout: str | None) -> list[Layout]:
 
 
 def _walk_files(root: Path) -> list[Path]:
+    """Files below ``root``, following symlinked folders once each (links into a folder
+    already walked, such as an ancestor, are not entered, so link cycles end)."""
     files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        seen.add(os.path.realpath(dirpath))
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if not d.startswith(".") and os.path.realpath(os.path.join(dirpath, d)) not in seen
+        )
         files.extend(Path(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
     return files
 

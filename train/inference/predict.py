@@ -19,6 +19,7 @@ by suffix).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,7 +142,8 @@ def predict_record(
     window = window or WindowOptions()
     if not record.modalities:
         raise CaseError(record.case_id, f"no modality file in {record.directory}")
-    loaded = load_case(record)
+    # Prediction never uses the segmentation: a damaged or odd seg file must not block it.
+    loaded = load_case(dataclasses.replace(record, seg=None))
     pre = preprocess_case(loaded)
     mask: Mask = tuple(bool(p) for p in pre.present)  # type: ignore[assignment]
     crop_label = _segment(model, pre.image, mask, window, device)

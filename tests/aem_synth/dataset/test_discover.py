@@ -160,3 +160,18 @@ def test_discover_case_errors(tmp_path: Path) -> None:
     (two / "Brats18_n_t1.nii.gz").touch()
     with pytest.raises(CaseError, match=r"several cases: \['Brats18_m', 'Brats18_n'\]"):
         discover_case(two)
+
+
+def test_symlinked_case_folders_are_found_and_link_cycles_end(tmp_path: Path) -> None:
+    from aem_synth.phantom import write_phantom_dataset
+
+    elsewhere = tmp_path / "elsewhere"
+    write_phantom_dataset(elsewhere, n_cases=2, layout="brats2020", seed=3, shape=(48, 48, 32))
+    root = tmp_path / "root"
+    root.mkdir()
+    cases = sorted(p for p in elsewhere.iterdir() if p.is_dir())
+    (root / cases[0].name).symlink_to(cases[0], target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)  # a cycle
+    records = discover(root)
+    assert [r.case_id for r in records] == [cases[0].name]
+    assert records[0].directory == root / cases[0].name

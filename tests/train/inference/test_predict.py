@@ -216,3 +216,20 @@ def test_bad_output_paths_fail_before_inference(
     result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / target)])
     assert result.exit_code == 2, result.output
     assert re.search(message, result.output) and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("seg", ["garbage", "unknown-labels", "wrong-shape"])
+def test_prediction_ignores_the_segmentation_file(
+    model: torch.nn.Module, tmp_path: Path, seg: str
+) -> None:
+    case = write_case(tmp_path / "in", "BraTS20_Training_032", ("flair", "t2"))
+    target = case / "BraTS20_Training_032_seg.nii.gz"
+    if seg == "garbage":
+        target.write_bytes(b"not a nifti file")
+    else:
+        shape = (32, 28, 24) if seg == "unknown-labels" else (8, 8, 8)
+        nib.save(nib.Nifti1Image(np.full(shape, 7, dtype=np.uint8), AFFINE), target)
+    res = predict_case(
+        model, case, tmp_path / "o.nii.gz", window=WindowOptions((16, 16, 16)), device="cpu"
+    )
+    assert res.out_path.is_file() and set(res.label_counts) <= {0, 1, 2, 4}

@@ -18,6 +18,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "FIXED_HEAD",
@@ -134,11 +135,7 @@ def plot_loss_curve(metrics_csv: Path, png: Path, title: str = "") -> Path | Non
     rows = read_metrics(metrics_csv)
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     xs, ys = _series(rows, "loss")
     ax_loss.plot(xs, ys, color="0.75", lw=0.8, label="loss (per step)")
@@ -163,11 +160,28 @@ def plot_loss_curve(metrics_csv: Path, png: Path, title: str = "") -> Path | Non
         )
     ax_val.set(xlabel="step", ylabel="Dice", ylim=(0.0, 1.0), title="validation (full volumes)")
     ax_val.legend(loc="lower right", fontsize=7)
-    tmp = png.with_name(f".{png.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, png)
-    return png
+    return _save(fig, png)
+
+
+def _read_stages(stages: Mapping[str, Path]) -> list[tuple[str, int, list[dict[str, str]]]]:
+    """``(stage, steps before it, rows)`` per stage, each ``metrics.csv`` read once."""
+    out, offset = [], 0
+    for stage, path in stages.items():
+        rows = read_metrics(Path(path))
+        out.append((stage, offset, rows))
+        offset += int(rows[-1]["step"]) if rows else 0
+    return out
+
+
+def _history(read: list[tuple[str, int, list[dict[str, str]]]]) -> list[dict[str, float | str]]:
+    out: list[dict[str, float | str]] = []
+    for stage, offset, rows in read:
+        for r in rows:
+            if r.get("val_score"):
+                row: dict[str, float | str] = {"stage": stage, "step": offset + int(r["step"])}
+                row |= {k: float(r[k]) for k in VAL_COLUMNS if r.get(k)}
+                out.append(row)
+    return out
 
 
 def validation_history(stages: Mapping[str, Path]) -> list[dict[str, float | str]]:
@@ -177,17 +191,7 @@ def validation_history(stages: Mapping[str, Path]) -> list[dict[str, float | str
     are offset by the steps of the stages before it.  Each returned row has
     ``stage``, ``step`` (cumulative) and the :data:`VAL_COLUMNS` as floats.
     """
-    out: list[dict[str, float | str]] = []
-    offset = 0
-    for stage, path in stages.items():
-        rows = read_metrics(Path(path))
-        for r in rows:
-            if r.get("val_score"):
-                row: dict[str, float | str] = {"stage": stage, "step": offset + int(r["step"])}
-                row |= {k: float(r[k]) for k in VAL_COLUMNS if r.get(k)}
-                out.append(row)
-        offset += int(rows[-1]["step"]) if rows else 0
-    return out
+    return _history(_read_stages(stages))
 
 
 def plot_validation_history(stages: Mapping[str, Path], png: Path, title: str = "") -> Path | None:
@@ -196,14 +200,11 @@ def plot_validation_history(stages: Mapping[str, Path], png: Path, title: str = 
     Solid: mean over the 15 modality subsets; dashed: all four modalities;
     dotted vertical lines: stage ends.  ``None`` when no stage was validated.
     """
-    history = validation_history(stages)
+    read = _read_stages(stages)
+    history = _history(read)
     if not history:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
     steps = [float(h["step"]) for h in history]
     for region, colour in (("wt", "tab:green"), ("tc", "tab:orange"), ("et", "tab:red")):
@@ -211,17 +212,29 @@ def plot_validation_history(stages: Mapping[str, Path], png: Path, title: str = 
         every = [float(h.get(f"val_{region}_all", math.nan)) for h in history]
         ax.plot(steps, mean, marker="o", color=colour, label=f"{region.upper()} 15-subset mean")
         ax.plot(steps, every, ls="--", marker=".", color=colour, label=f"{region.upper()} all")
-    offset = 0
-    for stage, path in stages.items():
-        rows = read_metrics(Path(path))
-        offset += int(rows[-1]["step"]) if rows else 0
-        ax.axvline(offset, color="0.6", ls=":", lw=1)
-        ax.text(offset, 0.02, f" end of {stage}", rotation=90, fontsize=7, va="bottom")
+    for stage, offset, rows in read:
+        end = offset + (int(rows[-1]["step"]) if rows else 0)
+        ax.axvline(end, color="0.6", ls=":", lw=1)
+        ax.text(end, 0.02, f" end of {stage}", rotation=90, fontsize=7, va="bottom")
     ax.set(xlabel="step (all stages)", ylabel="Dice", ylim=(0.0, 1.0))
     ax.set_title(title or "full-volume validation Dice")
     ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, png)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, png: Path) -> Path:
+    """Write ``fig`` to ``png`` atomically (temporary name, then rename) and close it."""
     tmp = png.with_name(f".{png.stem}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=90)
-    plt.close(fig)
+    _pyplot().close(fig)
     os.replace(tmp, png)
     return png

@@ -134,6 +134,10 @@ class LoadedCase:
     label : ndarray, uint8, (X, Y, Z) or None
         Internal label convention (0/1/2/3).
     geometry : Geometry
+    background : tuple of 4 (float or None), optional
+        Per modality, the constant that fills the outside of the head on disk
+        (``None``: absent modality, or a border that is not constant).  ``None``
+        for the whole tuple: not detected yet (detected when needed).
     """
 
     record: CaseRecord
@@ -141,6 +145,7 @@ class LoadedCase:
     present: tuple[bool, bool, bool, bool]
     label: LabelArray | None
     geometry: Geometry
+    background: tuple[float | None, ...] | None = None
 
     @property
     def case_id(self) -> str:

@@ -242,6 +242,7 @@ def predict_cmd(case: str | None, root: str | None, layout: str, **kw: object) -
     """Segment patients with whatever modalities they have, in their original grid and labels."""
     from pathlib import Path
 
+    from aem_synth.dataset.background import describe_background
     from train.inference.predict import FolderPrediction, describe_mask, predict
 
     try:
@@ -258,6 +259,8 @@ def predict_cmd(case: str | None, root: str | None, layout: str, **kw: object) -
         click.echo(
             f"{r.case_id}: {describe_mask(r.mask)}; wrote {r.out_path} labels {r.label_counts}"
         )
+        if r.background and describe_background(r.background) != "0":
+            click.echo(f"  background outside the head: {describe_background(r.background)}")
     if isinstance(outcome, FolderPrediction):
         for f in outcome.failures:
             click.echo(f"skipped {f.case}: {f.reason}", err=True)

@@ -154,11 +154,12 @@ def prepare_case(record: CaseRecord, work_dir: str, key: str) -> CaseSummary | C
 
 def _prepare(record: CaseRecord, work: Path, key: str) -> CaseSummary:
     from aem_synth.dataset.load import load_case
-    from aem_synth.dataset.preprocess import bounding_box, normalise
+    from aem_synth.dataset.preprocess import bounding_box, brain_mask, normalise
     from aem_synth.synthesis.calibrate import calibrate
 
     loaded = load_case(record, require_label=True)
-    image, mask, stats = normalise(loaded.image, loaded.present, case_id=record.case_id)
+    head = brain_mask(loaded.image, loaded.present, loaded.background)
+    image, mask, stats = normalise(loaded.image, loaded.present, head, case_id=record.case_id)
     label = loaded.label if loaded.label is not None else np.zeros(mask.shape, np.uint8)
     geo = loaded.geometry
     summary = CaseSummary(

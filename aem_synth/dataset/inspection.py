@@ -2,7 +2,8 @@
 
 Shape, spacing and orientation come from the headers of the case's first file
 (on-disk voxel order, e.g. orientation ``"LPS"`` for BraTS NIfTI files); label
-counts are per on-disk label value.  Every case is also fully loaded with
+counts are per on-disk label value; ``background`` is the constant found outside
+the head per modality (see :mod:`aem_synth.dataset.background`).  Every case is also fully loaded with
 :func:`aem_synth.dataset.load.load_case`, so any reason it cannot be used shows up as a
 problem in its row; one bad case never stops the listing.
 """
@@ -16,6 +17,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from aem_synth.dataset.background import describe_background
 from aem_synth.dataset.discover import discover
 from aem_synth.dataset.load import affine_from_itk, load_case, read_raw
 from aem_synth.errors import CaseError
@@ -46,6 +48,9 @@ class InspectRow:
     label_counts : dict of int to int
         Voxels per on-disk label value (empty when unlabelled or unreadable).
     problems : tuple of str
+    background : dict of str to (float or None)
+        Per present modality, the constant outside the head (``None``: border
+        not constant, brain taken as > 0); empty when the case was not loaded.
     """
 
     case_id: str
@@ -59,6 +64,7 @@ class InspectRow:
     orientation: str | None = None
     label_counts: dict[int, int] = field(default_factory=dict)
     problems: tuple[str, ...] = ()
+    background: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -80,6 +86,7 @@ class InspectRow:
             "orientation": self.orientation,
             "label_counts": {str(k): v for k, v in sorted(self.label_counts.items())},
             "problems": list(self.problems),
+            "background": dict(self.background),
         }
 
 
@@ -121,9 +128,14 @@ def inspect_case(record: CaseRecord, *, load: bool = True) -> InspectRow:
             counts = _label_counts(record)
         except CaseError as exc:
             problems.append(exc.reason)
+    background: dict[str, float | None] = {}
     if load:
         try:
-            load_case(record)
+            loaded = load_case(record)
+            bg = loaded.background or (None,) * len(MODALITIES)
+            background = {
+                m: v for m, v, used in zip(MODALITIES, bg, loaded.present, strict=True) if used
+            }
         except CaseError as exc:
             if exc.reason not in problems:
                 problems.append(exc.reason)
@@ -139,6 +151,7 @@ def inspect_case(record: CaseRecord, *, load: bool = True) -> InspectRow:
         orientation=orientation,
         label_counts=counts,
         problems=tuple(problems),
+        background=background,
     )
 
 
@@ -153,6 +166,7 @@ def format_table(rows: list[InspectRow]) -> str:
         "spacing",
         "orient",
         "labels",
+        "background",
         "problems",
     )
     lines = [header] + [_cells(r) for r in rows]
@@ -185,6 +199,7 @@ def _cells(row: InspectRow) -> tuple[str, ...]:
         spacing,
         row.orientation or "?",
         labels,
+        describe_background(row.background) if row.background else "?",
         "; ".join(row.problems) or "-",
     )
 

@@ -26,6 +26,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from nibabel.wrapstruct import WrapStructError
 
+from aem_synth.dataset.background import detect_background
 from aem_synth.dataset.layouts import resolve_layout
 from aem_synth.errors import CaseError
 from aem_synth.types import MODALITIES, CaseRecord, FloatArray, Geometry, LoadedCase
@@ -156,7 +157,8 @@ def load_case(record: CaseRecord, *, require_label: bool = False) -> LoadedCase:
     -------
     LoadedCase
         ``image`` float32 ``(4, X, Y, Z)`` in canonical RAS axes (absent
-        modalities zero), ``label`` uint8 internal 0/1/2/3 or ``None``.  Each
+        modalities zero), ``label`` uint8 internal 0/1/2/3 or ``None``,
+        ``background`` the constant outside the head per modality.  Each
         channel and the label keep the file's memory order (Fortran-ordered
         for BraTS files, positive strides), so loading costs no transpose;
         :func:`aem_synth.dataset.preprocess.normalise` returns C-contiguous arrays.
@@ -202,7 +204,11 @@ def load_case(record: CaseRecord, *, require_label: bool = False) -> LoadedCase:
         "t2" in record.modalities,
     )
     geometry = _geometry(ref.shape, ref.affine, ornt)
-    return LoadedCase(record=record, image=image, present=present, label=label, geometry=geometry)
+    background = tuple(
+        detect_background(channel) if used else None
+        for channel, used in zip(image, present, strict=True)
+    )
+    return LoadedCase(record, image, present, label, geometry, background)
 
 
 class _Ref(NamedTuple):

@@ -13,6 +13,7 @@ same values because the brain mask lies entirely inside its bounding box.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 from nibabel import orientations as nio
 
+from aem_synth.dataset.background import detect_background
 from aem_synth.dataset.layouts import Layout, resolve_layout
 from aem_synth.dataset.load import itk_from_affine
 from aem_synth.errors import CaseError
@@ -37,6 +39,7 @@ from aem_synth.types import (
 __all__ = [
     "bounding_box",
     "brain_mask",
+    "case_background",
     "crop",
     "normalise",
     "preprocess_case",
@@ -49,14 +52,23 @@ _MIN_STD = 1e-6
 _S = TypeVar("_S", bound=np.generic)
 
 
-def brain_mask(image: FloatArray, present: tuple[bool, ...]) -> BoolArray:
-    """Voxels where any present modality is > 0.
+def brain_mask(
+    image: FloatArray,
+    present: tuple[bool, ...],
+    background: Sequence[float | None] | None = None,
+) -> BoolArray:
+    """Voxels where any present modality differs from its background.
 
     Parameters
     ----------
     image : ndarray, float, (4, X, Y, Z)
     present : tuple of 4 bool
         Modalities to use (absent ones are ignored).
+    background : sequence of 4 (float or None), optional
+        Per modality, the constant outside the head (see
+        :func:`aem_synth.dataset.background.detect_background`, which fills it
+        in when not given).  A modality whose background is ``None`` (border
+        not constant) counts where it is > 0.
 
     Returns
     -------
@@ -64,13 +76,33 @@ def brain_mask(image: FloatArray, present: tuple[bool, ...]) -> BoolArray:
     """
     if image.ndim != 4 or image.shape[0] != len(present):
         raise ValueError(f"image must be (4, X, Y, Z) matching present, got {image.shape}")
+    if background is None:
+        background = case_background(image, present)
     mask = np.zeros_like(image[0], dtype=bool)  # same memory order as the channels
     scratch = np.empty_like(mask)
-    for channel, used in zip(image, present, strict=True):
-        if used:
+    for channel, used, bg in zip(image, present, background, strict=True):
+        if not used:
+            continue
+        if bg is None:
             np.greater(channel, 0, out=scratch)
-            mask |= scratch
+        else:
+            np.not_equal(channel, np.asarray(bg, dtype=channel.dtype), out=scratch)
+        mask |= scratch
     return mask
+
+
+def case_background(image: FloatArray, present: tuple[bool, ...]) -> tuple[float | None, ...]:
+    """:func:`~aem_synth.dataset.background.detect_background` per present modality.
+
+    Returns
+    -------
+    tuple of 4 (float or None)
+        ``None`` for absent modalities and for borders that are not constant.
+    """
+    return tuple(
+        detect_background(channel) if used else None
+        for channel, used in zip(image, present, strict=True)
+    )
 
 
 def bounding_box(mask: BoolArray, margin: int = 0) -> Box:
@@ -164,7 +196,7 @@ def normalise(
         raise ValueError(f"{case_id}: mask shape {mask.shape} != image shape {image.shape[1:]}")
     n_brain = int(np.count_nonzero(mask))
     if n_brain == 0:
-        raise CaseError(case_id, "brain mask is empty (no present modality > 0)")
+        raise CaseError(case_id, "brain mask is empty (every present modality equals its background)")
     # Statistics do not depend on voxel order: gather in memory order (loaded channels are
     # Fortran-ordered); the output is written C-ordered in the same pass as the shift.
     fortran = image[0].strides[0] < image[0].strides[-1]
@@ -199,9 +231,11 @@ def preprocess_case(case: LoadedCase, *, margin: int = 0) -> PreprocessedCase:
         Contiguous cropped arrays: image float32 ``(4, x, y, z)``, label uint8,
         brain mask bool; ``crop_box`` in the canonical full grid.
     """
-    mask_full = brain_mask(case.image, case.present)
+    mask_full = brain_mask(case.image, case.present, case.background)
     if not mask_full.any():
-        raise CaseError(case.case_id, "brain mask is empty (no present modality > 0)")
+        raise CaseError(
+            case.case_id, "brain mask is empty (every present modality equals its background)"
+        )
     box = bounding_box(mask_full, margin)
     mask = np.ascontiguousarray(crop(mask_full, box))
     image, mask, stats = normalise(crop(case.image, box), case.present, mask, case_id=case.case_id)

@@ -64,6 +64,9 @@ class PredictionResult:
         Spatial shape of the written file (= the input files' shape).
     label_counts : dict
         Written label value (layout convention) -> voxel count.
+    background : dict
+        Per used modality, the constant detected outside the head (``None``:
+        border not constant, brain taken as > 0).
     """
 
     case_id: str
@@ -72,6 +75,7 @@ class PredictionResult:
     mask: Mask
     shape: tuple[int, ...]
     label_counts: dict[int, int]
+    background: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -156,8 +160,16 @@ def predict_record(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     written = write_label_like(full, loaded.geometry, record.layout, reference, out_path)
     values = _written_values(Path(written), record.case_id)
+    bg = loaded.background or (None,) * len(MODALITIES)
+    background = {m: v for m, v, used in zip(MODALITIES, bg, mask, strict=True) if used}
     return PredictionResult(
-        record.case_id, record.layout, out_path, mask, loaded.geometry.original_shape, values
+        record.case_id,
+        record.layout,
+        out_path,
+        mask,
+        loaded.geometry.original_shape,
+        values,
+        background,
     )
 
 

@@ -48,9 +48,17 @@ def test_brain_mask_uses_present_modalities_only() -> None:
     image = np.zeros((4, *SHAPE), dtype=np.float32)
     image[0, 1, 1, 1] = 5.0
     image[1, 2, 2, 2] = 3.0
-    image[2, 3, 3, 3] = -4.0  # negative intensities are not brain
+    image[2, 3, 3, 3] = -4.0  # differs from the background 0: brain
     mask = brain_mask(image, (True, False, True, True))
     assert mask.dtype == np.bool_ and mask.shape == SHAPE
+    assert np.argwhere(mask).tolist() == [[1, 1, 1], [3, 3, 3]]
+
+
+def test_brain_mask_without_constant_border_counts_positive_voxels() -> None:
+    image = np.zeros((4, *SHAPE), dtype=np.float32)
+    image[0, 1, 1, 1] = 5.0
+    image[0, 3, 3, 3] = -4.0  # no known background: negative is not brain
+    mask = brain_mask(image, ALL, (None, None, None, None))
     assert np.argwhere(mask).tolist() == [[1, 1, 1]]
 
 

@@ -233,3 +233,24 @@ def test_prediction_ignores_the_segmentation_file(
         model, case, tmp_path / "o.nii.gz", window=WindowOptions((16, 16, 16)), device="cpu"
     )
     assert res.out_path.is_file() and set(res.label_counts) <= {0, 1, 2, 4}
+
+
+def test_zscored_case_with_negative_background(model: torch.nn.Module, tmp_path: Path) -> None:
+    """Brain voxels below 0 in every modality are predicted as brain, and the background
+    found is reported."""
+    case = write_case(tmp_path, "BraTS20_Training_002", ("flair", "t2"))
+    for f in case.iterdir():
+        img = nib.nifti1.load(f)
+        data = np.asarray(img.dataobj).astype(np.float32)
+        # The outer shell of the brain is below zero in every modality, as after a z-score.
+        nib.save(nib.Nifti1Image(np.where(data > 0, data - 110, -3.6), AFFINE), f)
+    out = tmp_path / "seg.nii.gz"
+    res = predict_case(model, case, out, window=SMALL_WINDOW, device="cpu")
+    assert res.background == pytest.approx({"flair": -3.6, "t2": -3.6})
+    ref = np.asarray(nib.nifti1.load(case / "BraTS20_Training_002_flair.nii.gz").dataobj)
+    data = np.asarray(nib.nifti1.load(out).dataobj)
+    assert (ref[ref != np.float32(-3.6)] < 0).any()
+    assert not data[ref == np.float32(-3.6)].any()
+    # The untrained model labels some voxels of the negative shell: they were not masked away.
+    shell = (ref < 0) & (ref != np.float32(-3.6))
+    assert data[shell].any()

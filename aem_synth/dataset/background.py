@@ -43,7 +43,12 @@ def detect_background(channel: FloatArray) -> float | None:
     values, counts = np.unique(corners, return_counts=True)
     candidate = values[np.argmax(counts)]
     faces = (
-        channel[0], channel[-1], channel[:, 0], channel[:, -1], channel[:, :, 0], channel[:, :, -1]
+        channel[0],
+        channel[-1],
+        channel[:, 0],
+        channel[:, -1],
+        channel[:, :, 0],
+        channel[:, :, -1],
     )
     hits = sum(int(np.count_nonzero(face == candidate)) for face in faces)
     total = sum(face.size for face in faces)

@@ -196,7 +196,9 @@ def normalise(
         raise ValueError(f"{case_id}: mask shape {mask.shape} != image shape {image.shape[1:]}")
     n_brain = int(np.count_nonzero(mask))
     if n_brain == 0:
-        raise CaseError(case_id, "brain mask is empty (every present modality equals its background)")
+        raise CaseError(
+            case_id, "brain mask is empty (every present modality equals its background)"
+        )
     # Statistics do not depend on voxel order: gather in memory order (loaded channels are
     # Fortran-ordered); the output is written C-ordered in the same pass as the shift.
     fortran = image[0].strides[0] < image[0].strides[-1]

@@ -24,7 +24,7 @@ def zscored_copy(
     """The case ``src`` z-scored inside its brain (float32), outside set to ``background``;
     only the modalities ``keep`` (and the segmentation) are copied."""
     dst.mkdir(parents=True)
-    names = tuple(f"_{m}.nii.gz" for m in keep) + ("_seg.nii.gz",)
+    names = (*(f"_{m}.nii.gz" for m in keep), "_seg.nii.gz")
     for f in sorted(p for p in src.glob("*.nii.gz") if p.name.endswith(names)):
         img = nib.load(f)
         data = np.asarray(img.dataobj)

@@ -96,11 +96,17 @@ def build(options: BuildOptions) -> BuildSummary:
         else:
             state.skipped.append((rec.case_id, "no segmentation: usable for prediction only"))
     if not state.records:
-        raise BuildError(f"{options.root}: no labelled case to build shards from")
+        raise BuildError(
+            f"{options.root}: no labelled case to build shards from; {_left_out(state)}"
+        )
     splits = _resolve_splits(state)
     with client_for(options) as client:
         t1 = time.perf_counter()
         _prepare_all(client, state)
+        if not state.summaries:
+            raise BuildError(
+                f"{options.root}: no usable case, the store would be empty; {_left_out(state)}"
+            )
         t2 = time.perf_counter()
         membership = {s: [c for c in splits[s] if c in state.summaries] for s in SPLITS}
         specs = _plan_shards(state, membership)
@@ -123,6 +129,17 @@ def build(options: BuildOptions) -> BuildSummary:
         skipped=tuple(state.skipped),
         excluded=tuple(state.excluded),
     )
+
+
+def _left_out(state: _State, limit: int = 20) -> str:
+    """The cases set aside so far and why, for error messages (at most ``limit`` named)."""
+    left = [(c, f"skipped: {r}") for c, r in state.skipped]
+    left += [(c, f"not used for synthesis: {r}") for c, r in state.excluded]
+    if not left:
+        return "no case was skipped"
+    named = "; ".join(f"{c} ({r})" for c, r in left[:limit])
+    more = f"; and {len(left) - limit} more" if len(left) > limit else ""
+    return f"{len(left)} case(s) left out: {named}{more}"
 
 
 def _start_clean(out: Path) -> None:
@@ -204,7 +221,9 @@ def _plan_pairs(state: _State, train: list[str]) -> list[dict[str, Any]]:
     try:
         pairs = plan_pairs(anatomy, donors, opts.multiplier, opts.seed)
     except ValueError as exc:
-        raise BuildError(f"cannot pair {len(anatomy)} training cases: {exc}") from exc
+        raise BuildError(
+            f"cannot pair {len(anatomy)} training cases: {exc}; {_left_out(state)}"
+        ) from exc
     return [asdict(p) for p in pairs]
 
 

@@ -125,7 +125,11 @@ def source_key(record: CaseRecord) -> str:
         files.append(("seg", record.seg))
     parts = [record.case_id, record.layout]
     for name, path in files:
-        st = Path(path).stat()
+        try:
+            st = Path(path).stat()
+        except OSError:  # a broken link or a vanished file: loading the case reports it
+            parts.append(f"{name}={path}:unreadable")
+            continue
         parts.append(f"{name}={Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 

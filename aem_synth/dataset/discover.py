@@ -3,7 +3,11 @@
 A case is identified by its files' names (NIfTI layouts: ``<case>_t1.nii.gz`` /
 ``<case>-t1n.nii.gz``) or by the folder holding its ``VSD.Brain`` sub-folders
 (``brats2015``).  Incomplete and unlabelled cases are returned with their
-``problems`` filled in, never dropped.  Two cases with the same id in different
+``problems`` filled in, never dropped.  Image files in a case folder that
+do not follow the naming of that folder's case (``copy_of_<case>_flair.nii.gz``,
+``flair_old.nii.gz``) are listed in the case's ``problems`` and ignored, never
+turned into cases of their own; a broken symbolic link named as a case file
+stays in the record so that loading it fails naming the link.  Two cases with the same id in different
 folders make the root unusable (``DatasetError`` naming both folders): ids key
 splits, shards and predictions, so they must be unique.
 """
@@ -26,6 +30,8 @@ _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 # (layout name, case directory, case id) -> kind -> files
 _Groups = dict[tuple[str, Path, str], dict[str, list[Path]]]
+# case directory -> notes on the files set aside there
+_Notes = dict[Path, list[str]]
 
 
 def discover(root: Path | str, layout: str | None = None) -> list[CaseRecord]:
@@ -59,11 +65,11 @@ def discover(root: Path | str, layout: str | None = None) -> list[CaseRecord]:
         raise DatasetError(f"dataset root is not a folder: {root}")
     if not any(root.iterdir()):
         raise DatasetError(f"dataset root is empty: {root}")
-    groups = _classify(_walk_files(root), layouts)
+    groups, notes = _classify(_walk_files(root), layouts)
     if not groups:
         names = ", ".join(lay.name for lay in layouts)
         raise DatasetError(f"no BraTS case found under {root} (layouts tried: {names})")
-    records = [_record(key, files) for key, files in groups.items()]
+    records = [_record(key, files, notes.get(key[1], [])) for key, files in groups.items()]
     _check_unique(records)
     return sorted(records, key=lambda r: r.case_id)
 
@@ -87,15 +93,15 @@ def discover_case(case_dir: Path | str, layout: str | None = None) -> CaseRecord
     layouts = _candidate_layouts(layout)
     if not case_dir.is_dir():
         raise CaseError(case_dir.name, f"case folder does not exist: {case_dir}")
-    files = [p for p in sorted(case_dir.iterdir()) if p.is_file()]
+    files = [p for p in sorted(case_dir.iterdir()) if _is_file_or_link(p)]
     for sub in sorted(p for p in case_dir.iterdir() if p.is_dir()):
         if LAYOUTS["brats2015"].parse(sub.name) is not None:
-            files.extend(p for p in sorted(sub.iterdir()) if p.is_file())
-    groups = _classify(files, layouts)
+            files.extend(p for p in sorted(sub.iterdir()) if _is_file_or_link(p))
+    groups, notes = _classify(files, layouts)
     if len(groups) > 1:
         ids = sorted(case_id for _, _, case_id in groups)
         raise CaseError(case_dir.name, f"{case_dir} holds files of several cases: {ids}")
-    records = [_record(key, found) for key, found in groups.items()]
+    records = [_record(key, found, notes.get(key[1], [])) for key, found in groups.items()]
     if not records or not records[0].modalities:
         raise CaseError(case_dir.name, f"no modality file found in {case_dir}")
     return records[0]
@@ -123,15 +129,50 @@ def _walk_files(root: Path) -> list[Path]:
     return files
 
 
-def _classify(files: Iterable[Path], layouts: Sequence[Layout]) -> _Groups:
-    """Group files by (layout, case folder, case id) and kind; unrelated files are ignored."""
+def _is_file_or_link(path: Path) -> bool:
+    """A file, or a symbolic link that is not a folder (a broken link included)."""
+    return path.is_file() or (path.is_symlink() and not path.is_dir())
+
+
+def _classify(files: Iterable[Path], layouts: Sequence[Layout]) -> tuple[_Groups, _Notes]:
+    """Group files by (layout, case folder, case id) and kind.
+
+    Returns the groups, and per folder the notes on image files set aside: names
+    that no layout knows, and files named for another case than the one the folder
+    is named after.  Files that are not images (``.json``, ``.txt``) are ignored.
+    """
     groups: _Groups = defaultdict(lambda: defaultdict(list))
+    unknown: dict[Path, list[str]] = defaultdict(list)
     for path in files:
         found = _classify_file(path, layouts)
         if found is not None:
             layout_name, case_dir, case_id, kind = found
             groups[(layout_name, case_dir, case_id)][kind].append(path)
-    return groups
+        elif path.name.lower().endswith((*_NIFTI_SUFFIXES, ".mha")):
+            unknown[path.parent].append(path.name)
+    notes: _Notes = defaultdict(list)
+    for folder, names in unknown.items():
+        notes[folder].append(f"unrecognised image file(s) ignored: {', '.join(names)}")
+    for key in _strays(groups):
+        stray = groups.pop(key)
+        names = ", ".join(p.name for paths in stray.values() for p in paths)
+        notes[key[1]].append(
+            f"file(s) not named for the folder's case {key[1].name!r}, ignored: {names}"
+        )
+    return groups, notes
+
+
+def _strays(groups: _Groups) -> list[tuple[str, Path, str]]:
+    """Groups sharing a folder with the case the folder is named after (copies, leftovers)."""
+    by_folder: dict[Path, list[tuple[str, Path, str]]] = defaultdict(list)
+    for key in groups:
+        if LAYOUTS[key[0]].file_format == "nifti":
+            by_folder[key[1]].append(key)
+    strays = []
+    for folder, keys in by_folder.items():
+        if len(keys) > 1 and any(case_id == folder.name for _, _, case_id in keys):
+            strays += [k for k in keys if k[2] != folder.name]
+    return strays
 
 
 def _classify_file(path: Path, layouts: Sequence[Layout]) -> tuple[str, Path, str, str] | None:
@@ -151,10 +192,14 @@ def _classify_file(path: Path, layouts: Sequence[Layout]) -> tuple[str, Path, st
     return None
 
 
-def _record(key: tuple[str, Path, str], files: dict[str, list[Path]]) -> CaseRecord:
+def _record(
+    key: tuple[str, Path, str], files: dict[str, list[Path]], notes: Sequence[str] = ()
+) -> CaseRecord:
     layout_name, case_dir, case_id = key
     lay = LAYOUTS[layout_name]
-    problems: list[str] = []
+    problems: list[str] = list(notes)
+    for paths in files.values():
+        problems += [f"broken symbolic link: {p} -> {os.readlink(p)}" for p in paths if _broken(p)]
     for kind, paths in files.items():
         if len(paths) > 1:
             listed = ", ".join(str(p) for p in paths)
@@ -175,6 +220,10 @@ def _record(key: tuple[str, Path, str], files: dict[str, list[Path]]) -> CaseRec
         group=_group_of(case_dir),
         problems=tuple(problems),
     )
+
+
+def _broken(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
 
 
 def _group_of(case_dir: Path) -> str | None:

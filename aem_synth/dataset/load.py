@@ -14,6 +14,7 @@ Intensity rules: NaN/Inf values and all-zero modalities are rejected
 from __future__ import annotations
 
 import gzip
+import os
 import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -111,6 +112,10 @@ def read_raw(
     """
     path = Path(path)
     cid = case_id if case_id is not None else path.parent.name
+    if path.is_symlink() and not path.exists():
+        raise CaseError(
+            cid, f"{path} is a broken symbolic link (its target {os.readlink(path)} does not exist)"
+        )
     try:
         if path.name.lower().endswith((".nii", ".nii.gz")):
             data, affine = _read_nifti(path)

@@ -9,7 +9,7 @@ Checks, each reported as one readable problem line:
   the manifest entry; every listed sample is in the file and nothing else;
 * per sample: ``image`` is (4, X, Y, Z), ``label`` is (X, Y, Z) uint8 with
   values in {0, 1, 2, 3}, ``meta`` is JSON of the right kind;
-* sample ids are unique across the store;
+* sample ids are unique across the store, and there is at least one;
 * no split leakage: the real split memberships are disjoint, every real
   sample sits in its manifest split, and both the anatomy and the donor of
   every synthetic sample are training cases.
@@ -81,6 +81,8 @@ def verify_store(root: Path | str) -> VerifyReport:
         ids.update(entry["samples"])
         _check_shard(root, entry, splits, report)
     report.problems += [f"sample id {sid!r} appears {n} times" for sid, n in ids.items() if n > 1]
+    if not ids:
+        report.problems.append("the store holds no sample (an empty store is not usable)")
     for sub in ("real", "synthetic"):
         for path in sorted((root / sub).glob("*.h5")):
             rel = f"{sub}/{path.name}"

@@ -259,3 +259,51 @@ def test_two_identical_builds_write_identical_samples(
                 np.testing.assert_array_equal(a.label(ref.sample_id), b.label(ref.sample_id))
     for meta in _metas(again, "real").values():
         assert "seconds" not in meta["calibration"] and "plane" in meta["calibration"]
+
+
+def test_broken_link_case_is_skipped_naming_the_link(phantoms: Path, tmp_path: Path) -> None:
+    root = Path(shutil.copytree(phantoms, tmp_path / "data"))
+    cases = _case_files(root)
+    broken = sorted(cases)[0]
+    link = cases[broken] / f"{broken}_t2.nii.gz"
+    link.unlink()
+    link.symlink_to(tmp_path / "elsewhere.nii.gz")
+    summary = build(_options(root, tmp_path / "shards", multiplier=0))
+    assert "is a broken symbolic link" in dict(summary.skipped)[broken]
+    assert summary.real_samples == len(cases) - 1
+
+
+def test_no_usable_case_is_an_error_naming_each_case(phantoms: Path, tmp_path: Path) -> None:
+    root = Path(shutil.copytree(phantoms, tmp_path / "data"))
+    cases = _case_files(root)
+    for cid, folder in cases.items():
+        (folder / f"{cid}_flair.nii.gz").write_bytes(b"garbage")
+    out = tmp_path / "shards"
+    with pytest.raises(BuildError, match=r"no usable case.*6 case\(s\) left out") as err:
+        build(_options(root, out, multiplier=0))
+    assert all(f"{cid} (skipped: cannot read" in str(err.value) for cid in cases)
+    assert not (out / "manifest.json").exists()
+
+
+def test_impossible_pairing_names_the_left_out_cases(phantoms: Path, tmp_path: Path) -> None:
+    root = Path(shutil.copytree(phantoms, tmp_path / "data"))
+    cases = _case_files(root)
+    bad = sorted(cases)[:-1]
+    for cid in bad:
+        (cases[cid] / f"{cid}_t1.nii.gz").unlink()
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "train.txt").write_text("\n".join(sorted(cases)))
+    (splits / "val.txt").write_text("")
+    (splits / "test.txt").write_text("")
+    with pytest.raises(BuildError, match=r"cannot pair 1 training cases") as err:
+        build(_options(root, tmp_path / "shards", splits_dir=splits))
+    assert f"{bad[0]} (not used for synthesis: incomplete (missing t1))" in str(err.value)
+
+
+def test_verify_calls_an_empty_store_unusable(tmp_path: Path) -> None:
+    from aem_synth.store.shards import SCHEMA_VERSION, write_manifest
+
+    write_manifest(tmp_path, {"schema_version": SCHEMA_VERSION, "splits": {}, "shards": []})
+    report = verify_store(tmp_path)
+    assert not report.ok and "holds no sample" in report.format()

@@ -156,7 +156,8 @@ def test_discover_case_errors(tmp_path: Path) -> None:
     seg_only = touch_2020(tmp_path, "Brats18_s", tokens=("seg",))
     with pytest.raises(CaseError, match=r"Brats18_s: no modality file found"):
         discover_case(seg_only)
-    two = touch_2020(tmp_path, "Brats18_m")
+    two = touch_2020(tmp_path, "mixed_folder", tokens=())
+    (two / "Brats18_m_t1.nii.gz").touch()
     (two / "Brats18_n_t1.nii.gz").touch()
     with pytest.raises(CaseError, match=r"several cases: \['Brats18_m', 'Brats18_n'\]"):
         discover_case(two)
@@ -175,3 +176,36 @@ def test_symlinked_case_folders_are_found_and_link_cycles_end(tmp_path: Path) ->
     records = discover(root)
     assert [r.case_id for r in records] == [cases[0].name]
     assert records[0].directory == root / cases[0].name
+
+
+@pytest.mark.parametrize("find", ["root", "case"])
+def test_stray_files_are_reported_not_made_cases(tmp_path: Path, find: str) -> None:
+    case = touch_2020(tmp_path, "Brats18_x")
+    (case / "copy_of_Brats18_x_flair.nii.gz").touch()
+    (case / "flair_old.nii.gz").touch()
+    (case / "Brats18_y_t2.nii.gz").touch()
+    (rec,) = discover(tmp_path) if find == "root" else [discover_case(case)]
+    assert rec.case_id == "Brats18_x" and rec.complete
+    assert rec.modalities["flair"] == case / "Brats18_x_flair.nii.gz"
+    joined = " | ".join(rec.problems)
+    assert "unrecognised image file(s) ignored: flair_old.nii.gz" in joined
+    assert "not named for the folder's case 'Brats18_x'" in joined
+    assert "copy_of_Brats18_x_flair.nii.gz" in joined and "Brats18_y_t2.nii.gz" in joined
+
+
+def test_flat_folder_of_cases_keeps_every_case(tmp_path: Path) -> None:
+    """Only a folder named after one of its cases marks the others as strays."""
+    for cid in ("Brats18_a", "Brats18_b"):
+        for tok in TOKENS_2020:
+            (tmp_path / f"{cid}_{tok}.nii.gz").touch()
+    assert [r.case_id for r in discover(tmp_path)] == ["Brats18_a", "Brats18_b"]
+
+
+def test_broken_link_modality_is_kept_and_reported(tmp_path: Path) -> None:
+    case = touch_2020(tmp_path, "Brats18_x")
+    link = case / "Brats18_x_t1.nii.gz"
+    link.unlink()
+    link.symlink_to(tmp_path / "gone.nii.gz")
+    for rec in (discover(tmp_path)[0], discover_case(case)):
+        assert rec.modalities["t1"] == link
+        assert any(p.startswith(f"broken symbolic link: {link}") for p in rec.problems)

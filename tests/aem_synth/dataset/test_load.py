@@ -161,3 +161,17 @@ def test_nifti1_and_nifti2_compressed_or_not(tmp_path: Path, cls: type, suffix: 
     data, aff = load_volume(path)
     np.testing.assert_array_equal(data, volume(2))
     np.testing.assert_array_equal(aff, ORIENTED_AFFINES["LPS"])
+
+
+def test_broken_link_modality_fails_naming_the_link(phantom_2020: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from aem_synth.errors import CaseError
+
+    src = sorted(p for p in phantom_2020.iterdir() if p.is_dir())[0]
+    case = Path(shutil.copytree(src, tmp_path / src.name))
+    link = case / f"{src.name}_t1ce.nii.gz"
+    link.unlink()
+    link.symlink_to(tmp_path / "moved_away.nii.gz")
+    with pytest.raises(CaseError, match=r"t1ce.nii.gz is a broken symbolic link .*moved_away"):
+        load_case(discover_case(case))

@@ -137,6 +137,11 @@ def phantom_cmd(out: Path, n_cases: int, layout: str, seed: int, shape: str) -> 
 @click.option("--diversity", is_flag=True, help="Allow mirroring tumours to the other hemisphere.")
 @click.option("--keep-work", is_flag=True, help="Keep the per-case intermediates in OUT/.work.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace a store built with another seed, splits or sample options at OUT.",
+)
 def build_cmd(
     root: Path,
     out: Path,
@@ -156,6 +161,7 @@ def build_cmd(
     diversity: bool,
     keep_work: bool,
     no_progress: bool,
+    overwrite: bool,
 ) -> None:
     """Build (or resume) real and synthetic shards with Dask."""
     from aem_synth.build import BuildOptions, build
@@ -182,6 +188,7 @@ def build_cmd(
                 diversity=diversity,
                 keep_work=keep_work,
                 progress=not no_progress,
+                overwrite=overwrite,
             )
         )
     except (AemSynthError, ValueError) as exc:

@@ -58,6 +58,10 @@ class BuildOptions:
         Keep ``<out>/.work`` (per-case intermediates) after a successful build.
     progress : bool
         Show progress bars on stderr.
+    overwrite : bool
+        Replace a store of another identity (seed, splits, sample-defining
+        options) found at ``out``; without it such a build stops before
+        touching anything.
     """
 
     root: Path
@@ -78,6 +82,7 @@ class BuildOptions:
     dataset: str | None = None
     keep_work: bool = False
     progress: bool = True
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         checks = [

@@ -2,9 +2,12 @@
 
 ``build(BuildOptions(root=..., out=..., multiplier=4))`` runs, in order:
 
+0. take the store's build lock (held to the end; a second build fails at once);
 1. discover the cases; unlabelled ones are reported and left out;
-2. resolve the splits (user folder or a seeded paper-proportion split) and
-   write them to ``<out>/splits/``;
+2. resolve the splits (user folder or a seeded paper-proportion split); check
+   that ``<out>`` holds no store of another identity (else stop, unless
+   ``overwrite``), record the identity in ``<out>/store.json``, write the
+   splits to ``<out>/splits/`` and drop the old manifest;
 3. one *prepare* task per case (:func:`aem_synth.build.tasks.prepare_case`) writes
    ``<out>/.work/<case>.h5`` and returns a small summary; a bad case is
    skipped and reported (fatal with ``strict``);
@@ -35,9 +38,18 @@ from aem_synth.build.cluster import client_for, progress
 from aem_synth.build.options import BuildOptions, BuildSummary
 from aem_synth.build.tasks import CaseFailure, ShardSpec, finished_shard, prepare_case, run_shard
 from aem_synth.build.tasks import source_key as case_source_key
+from aem_synth.dataset.splits import write_splits
 from aem_synth.errors import BuildError
 from aem_synth.paths import prepare_output_dir
 from aem_synth.store.cache import CaseSummary
+from aem_synth.store.identity import (
+    IDENTITY_NAME,
+    identity_differences,
+    read_identity,
+    store_identity,
+    write_identity,
+)
+from aem_synth.store.lock import build_lock
 from aem_synth.store.shards import (
     DEFAULT_CHUNK,
     MANIFEST_NAME,
@@ -65,6 +77,7 @@ class _State:
     summaries: dict[str, CaseSummary] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     excluded: list[tuple[str, str]] = field(default_factory=list)
+    store_id: str = ""
 
     @property
     def work(self) -> Path:
@@ -74,20 +87,32 @@ class _State:
 def build(options: BuildOptions) -> BuildSummary:
     """Build (or resume) the shard store described by ``options``.
 
+    The store's build lock is held from start to end (see
+    :mod:`aem_synth.store.lock`), and a store of another identity (seed,
+    splits, sample-defining options; :mod:`aem_synth.store.identity`) is never
+    replaced without ``options.overwrite``.
+
     Raises
     ------
     DatasetError
         The root has no usable cases.
     BuildError
-        A case failed under ``strict``, the pairing is impossible, or a shard
-        task failed after its retries.
+        A case failed under ``strict``, the pairing is impossible, a shard
+        task failed after its retries, or ``out`` holds a store of another
+        identity and ``overwrite`` is off.
+    StoreBusyError
+        Another build holds ``out``.
     """
+    prepare_output_dir(options.out, "build output folder (--out)")
+    with build_lock(options.out):
+        return _build_locked(options)
+
+
+def _build_locked(options: BuildOptions) -> BuildSummary:
     from aem_synth.dataset.discover import discover
 
     t0 = time.perf_counter()
     out = options.out
-    prepare_output_dir(out, "build output folder (--out)")
-    _start_clean(out)
     state = _State(options)
     for rec in discover(options.root, layout=options.layout):
         if rec.labelled:
@@ -100,6 +125,9 @@ def build(options: BuildOptions) -> BuildSummary:
             f"{options.root}: no labelled case to build shards from; {_left_out(state)}"
         )
     splits = _resolve_splits(state)
+    state.store_id = _claim_store(out, store_identity(options.to_dict(), splits), options.overwrite)
+    write_splits(out / "splits", splits)
+    _start_clean(out)
     with client_for(options) as client:
         t1 = time.perf_counter()
         _prepare_all(client, state)
@@ -142,6 +170,34 @@ def _left_out(state: _State, limit: int = 20) -> str:
     return f"{len(left)} case(s) left out: {named}{more}"
 
 
+def _claim_store(out: Path, identity: dict[str, Any], overwrite: bool) -> str:
+    """Make ``out`` the store of ``identity``; refuse to replace another one without
+    ``overwrite``.  Returns the store id.  Nothing is removed before this check passes."""
+    old = read_identity(out)
+    if old is None and (out / MANIFEST_NAME).is_file():
+        # A store written before store.json existed: its options are in the manifest.
+        try:
+            legacy = json.loads((out / MANIFEST_NAME).read_text()).get("options", {})
+        except (OSError, ValueError):
+            legacy = {}
+        old = store_identity(legacy, identity["splits"])
+    diffs = identity_differences(old, identity) if old is not None else []
+    if diffs:
+        if not overwrite:
+            raise BuildError(
+                f"{out} already holds a store built with other options or splits "
+                f"({'; '.join(diffs)}); building here would replace its samples and splits, "
+                "and models trained on it would be evaluated on the wrong cases. "
+                "Pass --overwrite to replace it, or choose another --out"
+            )
+        for name in (MANIFEST_NAME, IDENTITY_NAME):
+            (out / name).unlink(missing_ok=True)
+        for sub in ("real", "synthetic", "splits", WORK_DIR):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    write_identity(out, identity)
+    return str(identity["id"])
+
+
 def _start_clean(out: Path) -> None:
     """Drop the old manifest (the store is incomplete until this run ends) and temp files."""
     (out / MANIFEST_NAME).unlink(missing_ok=True)
@@ -153,7 +209,7 @@ def _start_clean(out: Path) -> None:
 
 
 def _resolve_splits(state: _State) -> dict[str, list[str]]:
-    from aem_synth.dataset.splits import resolve_splits, write_splits
+    from aem_synth.dataset.splits import resolve_splits
 
     opts = state.options
     layouts = sorted({r.layout for r in state.records.values()})
@@ -161,7 +217,6 @@ def _resolve_splits(state: _State) -> dict[str, list[str]]:
     splits = resolve_splits(
         sorted(state.records), splits_dir=opts.splits_dir, seed=opts.seed, dataset=dataset
     )
-    write_splits(opts.out / "splits", splits)
     listed = {c for s in SPLITS for c in splits.get(s, [])}
     for cid in sorted(set(state.records) - listed):
         state.skipped.append((cid, "not listed in any split file"))
@@ -355,6 +410,7 @@ def _manifest(
         },
         "options": o.to_dict(),
         "seed": o.seed,
+        "store_id": state.store_id,
         "splits": membership,
         "shards": [i.to_dict() for i in infos],
         "cases": cases,

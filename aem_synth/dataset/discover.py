@@ -155,9 +155,9 @@ def _classify(files: Iterable[Path], layouts: Sequence[Layout]) -> tuple[_Groups
         notes[folder].append(f"unrecognised image file(s) ignored: {', '.join(names)}")
     for key in _strays(groups):
         stray = groups.pop(key)
-        names = ", ".join(p.name for paths in stray.values() for p in paths)
+        listed = ", ".join(p.name for paths in stray.values() for p in paths)
         notes[key[1]].append(
-            f"file(s) not named for the folder's case {key[1].name!r}, ignored: {names}"
+            f"file(s) not named for the folder's case {key[1].name!r}, ignored: {listed}"
         )
     return groups, notes
 

@@ -45,6 +45,7 @@ import numpy.typing as npt
 
 from aem_synth import __version__
 from aem_synth.errors import ShardError
+from aem_synth.store.lock import StoreBusyError, build_in_progress
 from aem_synth.types import FloatArray, LabelArray
 
 __all__ = [
@@ -376,8 +377,14 @@ def read_manifest(root: Path) -> dict[str, Any]:
     Raises
     ------
     ShardError
-        No manifest (the build did not finish), unreadable JSON or another schema.
+        No manifest (the build did not finish), unreadable JSON or another
+        schema; ``StoreBusyError`` while a build holds the store's lock.
     """
+    holder = build_in_progress(root)
+    if holder is not None:
+        raise StoreBusyError(
+            f"{root} is being built by {holder}; wait for the build to end before using it"
+        )
     path = Path(root) / MANIFEST_NAME
     if not path.is_file():
         raise ShardError(

@@ -73,8 +73,11 @@ def tiny_sample(sample_id: str, seed: int) -> Sample:
     return Sample(sample_id, image, label, meta)
 
 
-def make_store(root: Path, n_real: int = 3, n_synth: int = 3, n_val: int = 1) -> Path:
-    """A complete shard store (manifest included) with real train/val and synthetic samples."""
+def make_store(
+    root: Path, n_real: int = 3, n_synth: int = 3, n_val: int = 1, store_id: str = "tiny0001"
+) -> Path:
+    """A complete shard store (manifest with splits and ``store_id``) with real train/val and
+    synthetic samples; the real sample ids are the case ids."""
     infos = []
     groups = {
         ("real", "train", "real/train-00000.h5"): n_real,
@@ -90,7 +93,18 @@ def make_store(root: Path, n_real: int = 3, n_synth: int = 3, n_val: int = 1) ->
         infos.append(
             write_shard(root / name, samples, root=root, kind=kind, split=split, chunk=(16, 16, 16))
         )
-    write_manifest(root, {"schema_version": SCHEMA_VERSION, "shards": [i.to_dict() for i in infos]})
+    splits = {
+        "train": [f"real-train-{i}" for i in range(n_real)],
+        "val": [f"real-val-{i}" for i in range(n_val)],
+        "test": [],
+    }
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "store_id": store_id,
+        "splits": splits,
+        "shards": [i.to_dict() for i in infos],
+    }
+    write_manifest(root, manifest)
     return root
 
 

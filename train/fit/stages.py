@@ -29,7 +29,13 @@ from aem_synth.errors import ShardError
 from train.config import STAGES, Config, config_to_dict
 from train.config_files import dump_toml
 from train.data import CropDataset, make_loader, stage_refs
-from train.fit.checkpoint import check_same_config, load_checkpoint, load_weights
+from train.data.provenance import store_record
+from train.fit.checkpoint import (
+    CheckpointError,
+    check_same_config,
+    load_checkpoint,
+    load_weights,
+)
 from train.fit.distributed import (
     DistInfo,
     autocast_dtype,
@@ -186,16 +192,39 @@ def _prepare_outputs(cfg: Config, stage: str, info: DistInfo, force: bool) -> Pa
     return out
 
 
+def _resumed_store(last: Path, saved: Any, current: dict[str, Any]) -> dict[str, Any]:
+    """The store entry of a resumed stage: the saved one, if the store is still the same."""
+    if not isinstance(saved, dict):
+        return current
+    if saved.get("id") and current["id"] and saved["id"] != current["id"]:
+        raise CheckpointError(
+            f"{last}: this stage started on store {saved['id']} ({saved.get('path')}), but "
+            f"{current['path']} now holds store {current['id']} (rebuilt with other options or "
+            "splits); run the stage again with --force to start over on this store"
+        )
+    return {
+        **current,
+        "trained_on": sorted(set(saved.get("trained_on", [])) | set(current["trained_on"])),
+    }
+
+
 def _plan(
     cfg: Config, stage: str, info: DistInfo, device: torch.device, config_path: str
 ) -> StagePlan:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
-    resuming = (cfg.stage_dir(stage) / "last.pt").is_file()
-    init = None if resuming else resolve_init(cfg, stage, config_path)
+    last = cfg.stage_dir(stage) / "last.pt"
+    resumed = load_checkpoint(last) if last.is_file() else None
+    init = None if resumed is not None else resolve_init(cfg, stage, config_path)
+    inherited = None
     if init is not None:
-        load_weights(model, load_checkpoint(init)["model"], str(init))
+        init_data = load_checkpoint(init)
+        load_weights(model, init_data["model"], str(init))
+        inherited = init_data.get("store")
         log.info("%s: initialised from %s", stage, init)
+    store = store_record(cfg.shards, inherited)
+    if resumed is not None:
+        store = _resumed_store(last, resumed.get("store"), store)
     model.to(device)
     train = _dataset(cfg, stage, info.world_size)
 
@@ -204,6 +233,7 @@ def _plan(
         "backbone_kwargs": dict(getattr(model, "init_args", cfg.model.kwargs())),
         "num_classes": cfg.model.num_classes,
         "init": str(init) if init is not None else "scratch",
+        "store": store,
     }
     return StagePlan(
         stage=stage,

@@ -19,6 +19,7 @@ with Dice and HD95 of WT, TC and ET (:mod:`train.inference.metrics`).  Outputs w
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from aem_synth.errors import ShardError
 from aem_synth.store.shards import SampleRef, ShardReader, list_samples
 from aem_synth.types import FloatArray, LabelArray
+from train.data.provenance import check_evaluation_store
 from train.data.subsets import ALL_SUBSETS, Mask, subset_name
 from train.inference.metrics import case_metrics, conventions, postprocess_et
 from train.inference.sliding_window import WindowOptions, predict_subsets
@@ -42,6 +44,8 @@ from train.report.tables import (
     write_per_case_csv,
     write_table_csv,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FIGURE_SUBSETS",
@@ -403,6 +407,8 @@ def evaluate(
     model, meta = loaded.model, loaded.meta
     opts = EvaluationOptions(loaded.window, et_postprocess, str(loaded.device))
     shards = Path(shards) if shards is not None else _shards_from_meta(meta, checkpoint)
+    for note in check_evaluation_store(meta, shards, split):
+        log.warning(note)
     out = Path(out_dir) if out_dir is not None else checkpoint.parent / f"eval-{split}"
     meta_doc = {"path": str(checkpoint), **(meta if isinstance(meta, dict) else {"meta": meta})}
     return evaluate_model(model, shards, split, out, opts, meta=meta_doc, progress=progress)

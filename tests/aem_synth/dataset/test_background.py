@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import nibabel as nib
+import nibabel.nifti1
 import numpy as np
 import pytest
 
@@ -26,7 +27,7 @@ def zscored_copy(
     dst.mkdir(parents=True)
     names = (*(f"_{m}.nii.gz" for m in keep), "_seg.nii.gz")
     for f in sorted(p for p in src.glob("*.nii.gz") if p.name.endswith(names)):
-        img = nib.load(f)
+        img = nib.nifti1.load(f)
         data = np.asarray(img.dataobj)
         if "_seg" not in f.name:
             brain = data > 0

@@ -201,3 +201,44 @@ def test_resume_under_another_model_config_is_one_clear_error(store: Path, tmp_p
     )
     with pytest.raises(CheckpointError, match=r"model\.base_channels: 4 -> 8.*--force"):
         run_stage(bigger, "pretrain", progress=False)
+
+
+def test_checkpoints_record_the_store_and_the_cases_trained_on(
+    chain: tuple[Config, Path], store: Path
+) -> None:
+    cfg, _ = chain
+    for stage in ("pretrain", "train", "posttrain"):
+        for name in ("final.pt", "best.pt"):
+            rec = load_checkpoint(cfg.stage_dir(stage) / name)["store"]
+            assert rec["id"] == "tiny0001" and rec["path"] == str(store.resolve())
+            assert rec["trained_on"] == ["real-train-0", "real-train-1", "real-train-2"]
+
+
+def test_training_cases_accumulate_along_init_and_resume_refuses_a_rebuilt_store(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    first = make_store(tmp_path / "a", n_real=2, n_synth=1, store_id="storeA")
+    second = make_store(tmp_path / "b", n_real=3, n_synth=1, store_id="storeB")
+    manifest = json.loads((second / "manifest.json").read_text())
+    manifest["splits"]["train"] = ["other-0", "other-1", "other-2"]
+    (second / "manifest.json").write_text(json.dumps(manifest))
+    fast = ["stage.pretrain.validate_every=0", "stage.train.validate_every=0"]
+    cfg = load_config(tiny_config_file(tmp_path, first), fast)
+    run_stage(cfg, "pretrain", progress=False)
+    cfg_b = load_config(tiny_config_file(tmp_path, second), fast)
+    run_stage(cfg_b, "train", progress=False)
+    rec = load_checkpoint(cfg_b.stage_dir("train") / "final.pt")["store"]
+    assert rec["id"] == "storeB"
+    assert rec["trained_on"] == ["other-0", "other-1", "other-2", "real-train-0", "real-train-1"]
+    # A killed train stage, then its store rebuilt under it: the resume stops.
+    stage_dir = cfg_b.stage_dir("train")
+    (stage_dir / "final.pt").unlink()
+    assert (stage_dir / "last.pt").is_file()
+    manifest["store_id"] = "storeC"
+    (second / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(
+        CheckpointError, match=r"last\.pt: this stage started on store storeB.*--force"
+    ):
+        run_stage(cfg_b, "train", progress=False)

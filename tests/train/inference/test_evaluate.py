@@ -197,3 +197,31 @@ def test_cli_evaluate_prints_table(checkpoint: Path, store: Path, tmp_path: Path
         main, ["evaluate", "--checkpoint", str(checkpoint), "--shards", str(tmp_path / "none")]
     )
     assert bad.exit_code != 0 and "no manifest.json" in bad.output
+
+
+def test_evaluation_refuses_cases_the_checkpoint_was_trained_on(store: Path) -> None:
+    import json
+
+    from aem_synth.errors import ShardError
+    from train.data.provenance import check_evaluation_store
+
+    manifest = json.loads((store / "manifest.json").read_text())
+    test_ids = sorted(
+        {sid for e in manifest["shards"] if e["split"] == "test" for sid in e["samples"]}
+    )
+    patched = {**manifest, "store_id": "new", "splits": {"test": test_ids, "train": []}}
+    (store / "manifest.json").write_text(json.dumps(patched))
+    try:
+        leaky = {"store": {"id": "old", "path": "/x", "trained_on": [test_ids[0], "zz"]}}
+        with pytest.raises(
+            ShardError, match=rf"split 'test' holds 1 case\(s\) .*\({test_ids[0]}\)"
+        ):
+            check_evaluation_store(leaky, store, "test")
+        other = {"store": {"id": "old", "path": "/x", "trained_on": ["zz"]}}
+        (note,) = check_evaluation_store(other, store, "test")
+        assert "evaluating on store new" in note and "trained on store old (/x)" in note
+        same = {"store": {"id": "new", "path": "/x", "trained_on": ["zz"]}}
+        assert check_evaluation_store(same, store, "test") == []
+        assert check_evaluation_store({}, store, "test") == []
+    finally:
+        (store / "manifest.json").write_text(json.dumps(manifest))

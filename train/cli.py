@@ -143,8 +143,19 @@ def _inference_options(f: click.decorators.FC) -> click.decorators.FC:
 def _fail_exit(exc: Exception) -> None:
     import sys
 
-    click.echo(f"error: {exc}", err=True)
+    click.echo(f"error: {one_line(exc)}", err=True)
     sys.exit(2)
+
+
+def one_line(exc: Exception) -> str:
+    """The message of ``exc``; for an error re-raised from a DataLoader worker (whose message
+    holds the worker's whole traceback), the original error's own message only."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    name, sep, message = last.partition(": ")
+    return message if sep and "." in name and " " not in name else last
 
 
 @main.command("evaluate")

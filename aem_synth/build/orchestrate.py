@@ -292,6 +292,7 @@ def _fingerprint(state: _State, kind: str, split: str, items: Any, cases: set[st
         "items": items,
         "codec": o.codec,
         "chunk": list(DEFAULT_CHUNK),
+        "checksums": "fletcher32",
         "mode": o.mode,
         "method": o.method,
         "diversity": o.diversity,

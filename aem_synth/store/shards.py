@@ -19,6 +19,8 @@ One group per sample under ``/samples/<sample_id>`` holding
     chunk at about patch scale, compressed with ``DEFAULT_CODEC`` (chosen by benchmark).
 ``label``
     uint8, shape (X, Y, Z), internal convention 0/1/2/3.
+    ``image``, ``label`` and ``fg`` carry HDF5 Fletcher32 checksums per chunk,
+    checked on every read (a damaged chunk is an error naming file and sample).
 ``fg/<c>`` for c in 1, 2, 3
     int16, shape (K, 3): voxel positions (x, y, z) of class ``c``, an evenly
     strided subset of at most ``max_per_class`` positions, so a loader can
@@ -266,11 +268,17 @@ def _write_sample(
         )
     g = grp.create_group(s.sample_id)
     spatial = _chunk_for(s.label.shape, chunk)
-    g.create_dataset("image", data=s.image.astype(np.float16), chunks=(1, *spatial), **comp)
-    g.create_dataset("label", data=s.label.astype(np.uint8), chunks=spatial, **comp)
+    # Fletcher32 comes last in the write pipeline, so readers check each chunk's stored
+    # (compressed) bytes before decompressing them: corruption is caught where it is read.
+    image = s.image.astype(np.float16)
+    g.create_dataset("image", data=image, chunks=(1, *spatial), fletcher32=True, **comp)
+    g.create_dataset(
+        "label", data=s.label.astype(np.uint8), chunks=spatial, fletcher32=True, **comp
+    )
     fg = g.create_group("fg")
     for c, pos in foreground_index(s.label).items():
-        fg.create_dataset(str(c), data=pos)
+        checked = {"chunks": pos.shape, "fletcher32": True} if len(pos) else {}  # empty: no data
+        fg.create_dataset(str(c), data=pos, **checked)
     g.attrs["meta"] = json.dumps(s.meta, sort_keys=True)
 
 
@@ -324,10 +332,29 @@ class ShardReader:
             return self.file["samples"][key]
         except KeyError:
             raise ShardError(f"{self.path}: no sample {key!r}") from None
+        except (OSError, RuntimeError) as exc:
+            raise self._damaged(key, "its group", exc) from exc
+
+    def _damaged(self, key: str, what: str, exc: BaseException) -> ShardError:
+        return ShardError(
+            f"{self.path}: sample {key!r}: cannot read {what} ({exc}); the shard file is "
+            "damaged: run `aem-synth verify` on the store and rebuild it"
+        )
+
+    def _read(self, key: str, name: str, index: Any = ()) -> np.ndarray:
+        """``samples/<key>/<name>[index]``; HDF5 errors (failed checksums) name file and sample."""
+        group = self._group(key)
+        try:
+            return group[name][index]
+        except (OSError, RuntimeError) as exc:
+            raise self._damaged(key, name, exc) from exc
 
     def shape(self, key: str) -> tuple[int, int, int]:
         """Spatial shape (X, Y, Z) of a sample."""
-        x, y, z = self._group(key)["label"].shape
+        try:
+            x, y, z = self._group(key)["label"].shape
+        except (OSError, RuntimeError) as exc:
+            raise self._damaged(key, "label", exc) from exc
         return (int(x), int(y), int(z))
 
     def image(
@@ -341,22 +368,23 @@ class ShardReader:
         ``dtype=None`` returns the stored float16 without conversion (cheaper
         when the caller converts on its own device, e.g. in torch).
         """
-        ds = self._group(key)["image"]
-        arr = ds[(slice(None), *box)] if box is not None else ds[()]
+        arr = self._read(key, "image", (slice(None), *box) if box is not None else ())
         return arr if dtype is None else arr.astype(dtype)
 
     def label(self, key: str, box: tuple[slice, slice, slice] | None = None) -> LabelArray:
         """Label (x, y, z) uint8, optionally only the voxels in ``box``."""
-        ds = self._group(key)["label"]
-        return ds[box] if box is not None else ds[()]
+        return self._read(key, "label", box if box is not None else ())
 
     def foreground(self, key: str, cls: int) -> np.ndarray:
         """Indexed positions (K, 3) int64 of class ``cls`` (empty when absent)."""
-        return self._group(key)["fg"][str(cls)][()].astype(np.int64)
+        return self._read(key, f"fg/{cls}").astype(np.int64)
 
     def meta(self, key: str) -> dict[str, Any]:
         """Provenance dict stored with the sample."""
-        return json.loads(self._group(key).attrs["meta"])
+        try:
+            return json.loads(self._group(key).attrs["meta"])
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise self._damaged(key, "meta", exc) from exc
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
@@ -401,10 +429,36 @@ def read_manifest(root: Path) -> dict[str, Any]:
 
 
 def list_samples(root: Path, kind: str, split: str | None = None) -> list[SampleRef]:
-    """All samples of a kind (``"real"``/``"synthetic"``) and optional split, manifest order."""
+    """All samples of a kind (``"real"``/``"synthetic"``) and optional split, manifest order.
+
+    Each shard listed is checked to exist with the size the manifest records
+    (a cheap stat: truncated or replaced files fail here, before any training
+    step; damaged bytes are caught by the per-chunk checksums when read).
+
+    Raises
+    ------
+    ShardError
+        No manifest, a store being built, or a missing / resized shard file
+        (the message names it).
+    """
     manifest = read_manifest(root)
     refs: list[SampleRef] = []
     for entry in manifest["shards"]:
         if entry["kind"] == kind and (split is None or entry["split"] == split):
-            refs.extend(SampleRef(Path(root) / entry["file"], sid) for sid in entry["samples"])
+            path = Path(root) / entry["file"]
+            _check_size(path, entry)
+            refs.extend(SampleRef(path, sid) for sid in entry["samples"])
     return refs
+
+
+def _check_size(path: Path, entry: dict[str, Any]) -> None:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ShardError(f"{path}: listed in the manifest but cannot be found ({exc})") from exc
+    expected = entry.get("bytes")
+    if expected is not None and size != int(expected):
+        raise ShardError(
+            f"{path}: {size} bytes on disk but the manifest records {expected} (truncated or "
+            "replaced); run `aem-synth verify` on the store and rebuild it"
+        )

@@ -242,3 +242,57 @@ def test_training_cases_accumulate_along_init_and_resume_refuses_a_rebuilt_store
         CheckpointError, match=r"last\.pt: this stage started on store storeB.*--force"
     ):
         run_stage(cfg_b, "train", progress=False)
+
+
+def _damage_every_image_chunk(shard: Path) -> None:
+    import h5py
+
+    spots = []
+    with h5py.File(shard, "r") as f:
+        for sid in f["samples"]:
+            ds = f[f"samples/{sid}/image"]
+            for i in range(ds.id.get_num_chunks()):
+                info = ds.id.get_chunk_info(i)
+                spots.append(info.byte_offset + info.size // 2)
+    with open(shard, "r+b") as fh:
+        for pos in spots:
+            fh.seek(pos)
+            byte = fh.read(1)
+            fh.seek(pos)
+            fh.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated"])
+def test_damaged_shard_stops_training_with_one_line(tmp_path: Path, damage: str) -> None:
+    store = make_store(tmp_path / "store")
+    shard = store / "synthetic" / "aem-00000.h5"
+    if damage == "flipped":
+        _damage_every_image_chunk(shard)
+    else:
+        shard.write_bytes(shard.read_bytes()[:-4096])
+    path = tiny_config_file(tmp_path, store)
+    args = ["run", "--stage", "pretrain", "--config", str(path), "--no-progress"]
+    res = CliRunner().invoke(train_cli, args)
+    assert res.exit_code == 2, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(shard) in errors[0], res.output
+    if damage == "flipped":
+        assert "sample 'synthetic-train-" in errors[0]
+    assert "Traceback" not in res.output
+
+
+def test_dataloader_worker_errors_become_their_own_message() -> None:
+    from torch._utils import ExceptionWrapper
+
+    from aem_synth.errors import ShardError
+    from train.cli import one_line
+
+    try:
+        raise ShardError("/s/a.h5: sample 'x': cannot read image (checksum)")
+    except ShardError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(ShardError) as info:
+        wrapped.reraise()
+    assert "Original Traceback" in str(info.value)
+    assert one_line(info.value) == "/s/a.h5: sample 'x': cannot read image (checksum)"
+    assert one_line(ValueError("plain")) == "plain"

@@ -205,6 +205,7 @@ def write_shard(
     split: str,
     codec: str = DEFAULT_CODEC,
     chunk: tuple[int, int, int] = DEFAULT_CHUNK,
+    checksums: bool = True,
 ) -> ShardInfo:
     """Write samples to ``path`` atomically and return its manifest entry.
 
@@ -226,6 +227,9 @@ def write_shard(
         One of ``CODECS``.
     chunk : tuple of int
         Spatial chunk shape; the channel axis is always chunked by 1.
+    checksums : bool
+        Per-chunk Fletcher32 checksums (the store default; off only to measure
+        their cost, ``benchmarks/bench_checksums.py``).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -238,7 +242,7 @@ def write_shard(
             )
             grp = f.create_group("samples")
             for s in samples:
-                _write_sample(grp, s, comp, chunk)
+                _write_sample(grp, s, comp, chunk, checksums)
                 ids.append(s.sample_id)
             f.attrs["n_samples"] = len(ids)
         with open(tmp, "rb+") as fh:
@@ -258,7 +262,7 @@ def write_shard(
 
 
 def _write_sample(
-    grp: h5py.Group, s: Sample, comp: dict[str, Any], chunk: tuple[int, int, int]
+    grp: h5py.Group, s: Sample, comp: dict[str, Any], chunk: tuple[int, int, int], checksums: bool
 ) -> None:
     if "/" in s.sample_id or s.sample_id in grp:
         raise ShardError(f"sample id {s.sample_id!r} is not unique or contains '/'")

@@ -42,7 +42,7 @@ from aem_synth.errors import ShardError
 from aem_synth.store.shards import SampleRef, ShardReader
 from train.data.subsets import Mask, draw_subset
 
-__all__ = ["CropDataset", "CropPlan", "crop_start"]
+__all__ = ["CropDataset", "CropPlan", "check_crop_fits", "crop_start"]
 
 FG_CLASSES = (1, 2, 3)
 N_LABELS = 4
@@ -92,6 +92,43 @@ def _check_crop(crop: Sequence[int]) -> tuple[int, int, int]:
     if len(values) != 3 or min(values) < 1:
         raise ValueError(f"crop must be three positive voxel counts (x, y, z), got {tuple(crop)}")
     return (values[0], values[1], values[2])
+
+
+def check_crop_fits(refs: Sequence[SampleRef], crop: Sequence[int]) -> tuple[int, int, int]:
+    """Largest stored volume per axis (x, y, z); a crop larger than all of them is refused.
+
+    Volumes smaller than the crop are zero-padded (some cases are small), but a
+    crop larger than every volume along an axis only adds padding, while the
+    model's memory grows with the crop's volume (a 200^3 crop on 64x64x48
+    volumes needs tens of GB).  Reads shapes only (HDF5 metadata, no voxels).
+
+    Raises
+    ------
+    ValueError
+        The message names the crop, the largest volume and the config key.
+    """
+    size = _check_crop(crop)
+    if not refs:
+        raise ValueError("no samples to crop from")
+    largest = [0, 0, 0]
+    readers: dict[Path, ShardReader] = {}
+    try:
+        for ref in refs:
+            rd = readers.setdefault(ref.shard, ShardReader(ref.shard))
+            largest = [max(a, b) for a, b in zip(largest, rd.shape(ref.sample_id), strict=True)]
+    finally:
+        for rd in readers.values():
+            rd.close()
+    over = [ax for ax, c, m in zip("xyz", size, largest, strict=True) if c > m]
+    if over:
+        raise ValueError(
+            f"crop {'x'.join(map(str, size))} (data.crop) is larger than every stored volume "
+            f"along {', '.join(over)}: the largest of the {len(refs)} samples is "
+            f"{'x'.join(map(str, largest))}. Crops would be mostly padding and memory grows with "
+            f"the crop volume; set data.crop to at most {'x'.join(map(str, largest))} "
+            f"(e.g. --set data.crop=[{','.join(str(min(c, m)) for c, m in zip(size, largest, strict=True))}])"
+        )
+    return (largest[0], largest[1], largest[2])
 
 
 class CropDataset(Dataset[dict[str, Any]]):

@@ -29,6 +29,7 @@ from aem_synth.errors import ShardError
 from train.config import STAGES, Config, config_to_dict
 from train.config_files import dump_toml
 from train.data import CropDataset, make_loader, stage_refs
+from train.data.crops import check_crop_fits
 from train.data.provenance import store_record
 from train.fit.checkpoint import (
     CheckpointError,
@@ -167,6 +168,7 @@ def _dataset(cfg: Config, stage: str, world_size: int) -> CropDataset:
     d, sc = cfg.data, cfg.stage_config(stage)
     ratio = d.mix_real_ratio if stage == "pretrain" else 0.0
     refs = stage_refs(cfg.shards, stage, mix_real_ratio=ratio, seed=cfg.seed)
+    check_crop_fits(refs, d.crop)
     kind = AllModalityCrops if stage == "posttrain" else CropDataset
     per_epoch = sc.iters_per_epoch * sc.batch_size * world_size
     train = kind(

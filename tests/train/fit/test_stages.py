@@ -296,3 +296,14 @@ def test_dataloader_worker_errors_become_their_own_message() -> None:
     assert "Original Traceback" in str(info.value)
     assert one_line(info.value) == "/s/a.h5: sample 'x': cannot read image (checksum)"
     assert one_line(ValueError("plain")) == "plain"
+
+
+def test_crop_larger_than_every_volume_is_refused_at_once(store: Path, tmp_path: Path) -> None:
+    path = tiny_config_file(tmp_path, store)
+    args = ["run", "--stage", "pretrain", "--config", str(path), "--no-progress"]
+    res = CliRunner().invoke(train_cli, [*args, "--set", "data.crop=[200,200,24]"])
+    assert res.exit_code == 2, res.output
+    assert "crop 200x200x24 (data.crop) is larger than every stored volume along x, y" in res.output
+    assert "largest of the 3 samples is 40x40x32" in res.output
+    assert "data.crop=[40,40,24]" in res.output
+    assert not (tmp_path / "runs" / "tiny" / "pretrain" / "last.pt").exists()

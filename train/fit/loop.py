@@ -38,7 +38,13 @@ from torch import Tensor, nn
 from train.config import Config, StageConfig, config_to_dict
 from train.data import batch_to_device
 from train.data.augment import BatchAugment
-from train.fit.checkpoint import check_same_config, load_checkpoint, save_checkpoint
+from train.fit.checkpoint import (
+    CheckpointError,
+    check_same_config,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
 from train.fit.distributed import DistInfo, all_reduce_mean, autocast_dtype, barrier, wrap_model
 from train.fit.objectives import Objective
 from train.fit.optim import build_optimizer, poly_lr, set_lr
@@ -207,9 +213,15 @@ class Trainer:
                 f"{path}: the interrupted run had {data['total_steps']} steps but the config now asks for "
                 f"{self.sc.total_steps}; re-run with --force to start the stage again"
             )
-        self.model.load_state_dict(data["model"])
-        self.optimizer.load_state_dict(data["optimizer"])
-        self.plan.objective.load_state_dict(data["objective"])
+        load_weights(self.model, data["model"], str(path))
+        try:
+            self.optimizer.load_state_dict(data["optimizer"])
+            self.plan.objective.load_state_dict(data["objective"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{path}: cannot resume from it ({type(exc).__name__}: {exc}); run the stage "
+                "again with --force to start over"
+            ) from exc
         self.step = int(data["step"])
         self.best = float(data.get("best_score", -math.inf))
         ranks = data["rng"]["per_rank"]

@@ -307,3 +307,26 @@ def test_crop_larger_than_every_volume_is_refused_at_once(store: Path, tmp_path:
     assert "largest of the 3 samples is 40x40x32" in res.output
     assert "data.crop=[40,40,24]" in res.output
     assert not (tmp_path / "runs" / "tiny" / "pretrain" / "last.pt").exists()
+
+
+def test_resume_from_a_damaged_last_checkpoint_names_it(store: Path, tmp_path: Path) -> None:
+    from train.fit.checkpoint import save_checkpoint
+
+    cfg = load_config(tiny_config_file(tmp_path, store), ["stage.pretrain.validate_every=0"])
+    run_stage(cfg, "pretrain", progress=False)
+    out = cfg.stage_dir("pretrain")
+    (out / "final.pt").unlink()
+    last = out / "last.pt"
+    data = load_checkpoint(last)
+    dropped = sorted(data["model"])[0]
+    kept = data["model"].pop(dropped)
+    save_checkpoint(last, data)
+    with pytest.raises(
+        CheckpointError, match=rf"{last}: checkpoint does not fit the model.*{dropped}"
+    ):
+        run_stage(cfg, "pretrain", progress=False)
+    data["model"][dropped] = kept
+    data["optimizer"] = {"state": {}, "param_groups": []}
+    save_checkpoint(last, data)
+    with pytest.raises(CheckpointError, match=rf"{last}: cannot resume from it .*--force"):
+        run_stage(cfg, "pretrain", progress=False)

@@ -314,6 +314,7 @@ def write_label_like(
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     affine = np.asarray(geometry.original_affine, dtype=np.float64)
+    _remove_stale_temporaries(out_path)
     # The temporary name keeps the extension: nibabel and SimpleITK choose the format by it.
     tmp = out_path.with_name(f".tmp-{os.getpid()}-{out_path.name}")
     try:
@@ -325,6 +326,24 @@ def write_label_like(
     finally:
         tmp.unlink(missing_ok=True)
     return out_path
+
+
+def _remove_stale_temporaries(out_path: Path) -> None:
+    """Delete temporary files of ``out_path`` left by writers that were killed (dead pids)."""
+    for stale in out_path.parent.glob(f".tmp-*-{out_path.name}"):
+        pid = stale.name.split("-", 2)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write_nifti(data: np.ndarray, affine: np.ndarray, reference: Path, out_path: Path) -> None:

@@ -275,15 +275,20 @@ def _write_sample(
     # Fletcher32 comes last in the write pipeline, so readers check each chunk's stored
     # (compressed) bytes before decompressing them: corruption is caught where it is read.
     image = s.image.astype(np.float16)
-    g.create_dataset("image", data=image, chunks=(1, *spatial), fletcher32=True, **comp)
-    g.create_dataset(
-        "label", data=s.label.astype(np.uint8), chunks=spatial, fletcher32=True, **comp
-    )
+    label = s.label.astype(np.uint8)
+    _put(g, "image", image, chunks=(1, *spatial), fletcher32=checksums, **comp)
+    _put(g, "label", label, chunks=spatial, fletcher32=checksums, **comp)
     fg = g.create_group("fg")
     for c, pos in foreground_index(s.label).items():
-        checked = {"chunks": pos.shape, "fletcher32": True} if len(pos) else {}  # empty: no data
-        fg.create_dataset(str(c), data=pos, **checked)
+        checked = {"chunks": pos.shape, "fletcher32": True} if checksums and len(pos) else {}
+        _put(fg, str(c), pos, **checked)
     g.attrs["meta"] = json.dumps(s.meta, sort_keys=True)
+
+
+def _put(parent: h5py.Group, name: str, data: np.ndarray, **kw: Any) -> None:
+    """Create a dataset and flush its chunks at once, so that file space is allocated in
+    creation order whatever the moment the dataset object is released."""
+    parent.create_dataset(name, data=data, **kw).id.flush()
 
 
 class ShardReader:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -200,3 +202,25 @@ def test_write_label_like_never_leaves_a_partial_file(
     with pytest.raises(OSError, match="disk full"):
         write_label_like(case.label, case.geometry, "brats2020", case_dir / "c1_t1.nii.gz", out)
     assert list(out.parent.iterdir()) == []
+
+
+def test_write_label_like_removes_temporaries_of_killed_writers(tmp_path: Path) -> None:
+    case_dir, _ = _write_oriented_case(tmp_path, np.eye(4))
+    case = load_case(discover_case(case_dir))
+    assert case.label is not None
+    out = tmp_path / "out" / "p.nii.gz"
+    out.parent.mkdir()
+    dead = _dead_pid()
+    stale = out.parent / f".tmp-{dead}-p.nii.gz"
+    stale.write_bytes(b"half a file")
+    live = out.parent / f".tmp-{os.getpid()}-other.nii.gz"  # another target: left alone
+    live.write_bytes(b"x")
+    write_label_like(case.label, case.geometry, "brats2020", case_dir / "c1_t1.nii.gz", out)
+    assert sorted(p.name for p in out.parent.iterdir()) == [live.name, "p.nii.gz"]
+
+
+def _dead_pid() -> int:
+    """The pid of a child that has exited and been reaped."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

@@ -35,7 +35,10 @@ def _write(path: Path, samples: list, checksums: bool) -> float:
     return time.perf_counter() - t0
 
 
-def _read_round(reader: ShardReader, boxes: list[tuple[str, tuple[slice, ...]]]) -> float:
+Box = tuple[slice, slice, slice]
+
+
+def _read_round(reader: ShardReader, boxes: list[tuple[str, Box]]) -> float:
     t0 = time.perf_counter()
     for sid, box in boxes:
         reader.image(sid, box)
@@ -53,11 +56,12 @@ def main() -> None:
     shape = (140, 172, 136)
     rng = np.random.default_rng(0)
     samples = [brats_like(f"s{i}", shape, rng) for i in range(args.samples)]
-    boxes = []
+    boxes: list[tuple[str, Box]] = []
     for _ in range(args.crops):
         sid = f"s{rng.integers(args.samples)}"
         start = [int(rng.integers(0, n - args.crop + 1)) for n in shape]
-        boxes.append((sid, tuple(slice(a, a + args.crop) for a in start)))
+        x, y, z = (slice(a, a + args.crop) for a in start)
+        boxes.append((sid, (x, y, z)))
     with tempfile.TemporaryDirectory() as tmp:
         paths = {True: Path(tmp) / "with.h5", False: Path(tmp) / "without.h5"}
         writes = {c: _write(paths[c], samples, c) for c in (False, True)}

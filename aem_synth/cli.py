@@ -19,6 +19,10 @@ LAYOUT_CHOICES = [
     "brats2020",
     "brats2021",
     "brats2023",
+    "brats2024",
+    "brats-ped",
+    "msd",
+    "nnunet",
 ]
 
 
@@ -192,6 +196,30 @@ def build_cmd(
             )
         )
     except (AemSynthError, ValueError) as exc:
+        _fail(exc)
+    click.echo(summary.format())
+
+
+@main.command("export-nnunet")
+@click.option("--in", "root", required=True, type=click.Path(path_type=Path), help="Dataset root.")
+@click.option(
+    "--splits",
+    "splits_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder with train.txt, val.txt, test.txt (e.g. SHARDS/splits).",
+)
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="New folder DatasetXXX_Name."
+)
+@click.option("--layout", type=click.Choice(LAYOUT_CHOICES), default="auto", show_default=True)
+def export_nnunet_cmd(root: Path, splits_dir: Path, out: Path, layout: str) -> None:
+    """Write the same cases and split in nnU-Net v2's raw format (splits_final.json fold 0)."""
+    from aem_synth.dataset.export_nnunet import export_nnunet
+
+    try:
+        summary = export_nnunet(root, splits_dir, out, layout=None if layout == "auto" else layout)
+    except (AemSynthError, OSError) as exc:
         _fail(exc)
     click.echo(summary.format())
 

@@ -60,8 +60,8 @@ class CaseRecord:
     case_id : str
         Folder / file stem identifying the case (unique within a root).
     layout : str
-        Layout id: ``"brats2015"``, ``"brats2020"`` (2018-2021 naming) or
-        ``"brats2023"``.
+        Layout id, a key of ``aem_synth.dataset.layouts.LAYOUTS``
+        (``"brats2020"`` for the 2018-2021 naming, ``"msd"``, ...).
     directory : Path
         The case folder.
     modalities : Mapping[str, Path]
@@ -72,6 +72,12 @@ class CaseRecord:
         Sub-collection when the layout has one (``"HGG"``/``"LGG"``).
     problems : tuple of str
         Human-readable problems found during discovery (e.g. a missing modality).
+    channels : Mapping[str, int] or None
+        For modalities stored as channels of one 4-D file (MSD): modality ->
+        index along the file's 4th axis.  ``None``: one 3-D file per modality.
+    label_map : tuple of (int, int) or None
+        The dataset's own on-disk label value -> internal label pairs (from a
+        ``dataset.json``); ``None``: the layout's fixed map.
     """
 
     case_id: str
@@ -81,6 +87,8 @@ class CaseRecord:
     seg: Path | None
     group: str | None = None
     problems: tuple[str, ...] = ()
+    channels: Mapping[str, int] | None = None
+    label_map: tuple[tuple[int, int], ...] | None = None
 
     @property
     def complete(self) -> bool:

@@ -246,7 +246,7 @@ def evaluate_cmd(
     "--layout",
     default="auto",
     show_default=True,
-    help="Force a layout (brats2015/2018/2019/2020/2021/2023).",
+    help="Force a layout (brats2015/2018-2021/2023/2024, brats-ped, msd, nnunet).",
 )
 @_inference_options
 def predict_cmd(case: str | None, root: str | None, layout: str, **kw: object) -> None:

@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from aem_synth.dataset.json_datasets import DATASET_JSON, find_json_datasets, json_dataset_records
 from aem_synth.dataset.layouts import LAYOUTS, SEG, Layout, resolve_layout
 from aem_synth.errors import CaseError, DatasetError
 from aem_synth.types import MODALITIES, CaseRecord
@@ -65,11 +66,23 @@ def discover(root: Path | str, layout: str | None = None) -> list[CaseRecord]:
         raise DatasetError(f"dataset root is not a folder: {root}")
     if not any(root.iterdir()):
         raise DatasetError(f"dataset root is empty: {root}")
-    groups, notes = _classify(_walk_files(root), layouts)
-    if not groups:
+    files = _walk_files(root)
+    json_roots = (
+        find_json_datasets(files) if any(lay.file_format == "json" for lay in layouts) else []
+    )
+    records = [
+        r
+        for folder in json_roots
+        for r in json_dataset_records(folder)
+        if r.layout in {lay.name for lay in layouts}
+    ]
+    # Files of a dataset.json dataset are read through it, never by their names.
+    files = [f for f in files if not any(f.is_relative_to(d) for d in json_roots)]
+    groups, notes = _classify(files, layouts)
+    if not groups and not records:
         names = ", ".join(lay.name for lay in layouts)
         raise DatasetError(f"no BraTS case found under {root} (layouts tried: {names})")
-    records = [_record(key, files, notes.get(key[1], [])) for key, files in groups.items()]
+    records += [_record(key, found, notes.get(key[1], [])) for key, found in groups.items()]
     _check_unique(records)
     return sorted(records, key=lambda r: r.case_id)
 
@@ -79,7 +92,9 @@ def discover_case(case_dir: Path | str, layout: str | None = None) -> CaseRecord
 
     Any non-empty subset of modalities is accepted; missing ones are listed in
     ``problems``.  Files are looked for directly in ``case_dir`` and, for
-    ``brats2015``, in its ``VSD.Brain*`` sub-folders.
+    ``brats2015``, in its ``VSD.Brain*`` sub-folders.  An image file of an MSD
+    or nnU-Net dataset (``.../imagesTs/<case>.nii.gz`` or any channel file of
+    the case) stands for its case.
 
     Raises
     ------
@@ -91,6 +106,8 @@ def discover_case(case_dir: Path | str, layout: str | None = None) -> CaseRecord
     """
     case_dir = Path(case_dir)
     layouts = _candidate_layouts(layout)
+    if case_dir.is_file():
+        return _json_case(case_dir)
     if not case_dir.is_dir():
         raise CaseError(case_dir.name, f"case folder does not exist: {case_dir}")
     files = [p for p in sorted(case_dir.iterdir()) if _is_file_or_link(p)]
@@ -105,6 +122,23 @@ def discover_case(case_dir: Path | str, layout: str | None = None) -> CaseRecord
     if not records or not records[0].modalities:
         raise CaseError(case_dir.name, f"no modality file found in {case_dir}")
     return records[0]
+
+
+def _json_case(image: Path) -> CaseRecord:
+    """The case of an image file of an MSD or nnU-Net dataset (``imagesTs/<case>...``)."""
+    folder = image.parent.parent
+    if not (folder / DATASET_JSON).is_file():
+        raise CaseError(
+            image.name,
+            f"{image} is a file; give a case folder, or an image of a dataset folder holding "
+            f"{DATASET_JSON} (MSD, nnU-Net)",
+        )
+    for record in json_dataset_records(folder):
+        if any(Path(p) == image for p in record.modalities.values()):
+            return record
+    raise CaseError(
+        image.name, f"{image} is not an image of the dataset described by {folder / DATASET_JSON}"
+    )
 
 
 def _candidate_layouts(layout: str | None) -> list[Layout]:

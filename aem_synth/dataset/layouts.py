@@ -1,13 +1,22 @@
 """On-disk BraTS dataset layouts: file naming and label maps into the internal convention.
 
-Three layouts are known (DESIGN §3):
+Known layouts (DESIGN §3):
 
 ``brats2020``
     BraTS 2018/2019/2020/2021: ``<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz``,
     labels 0 background, 1 NCR/NET, 2 ED, 4 ET.
 ``brats2023``
-    BraTS 2023+: ``<case>/<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz`` (t2f = FLAIR,
-    t1n = T1, t1c = T1ce, t2w = T2), labels 0, 1 NCR, 2 ED, 3 ET.
+    BraTS 2023+ (GLI, MET, MEN, SSA, GoAT, 2024 GLI):
+    ``<case>/<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz`` (t2f = FLAIR, t1n = T1,
+    t1c = T1ce, t2w = T2), labels 0, 1 NCR/NETC, 2 ED/SNFH, 3 ET, 4 resection
+    cavity (2024 GLI; read as background).
+``brats-ped``
+    BraTS-PEDs (ids ``BraTS-PED-*``), same naming: 1 ET, 2 NET, 3 cystic
+    component, 4 ED -> internal 3, 1, 1, 2.
+``msd``, ``nnunet``
+    Datasets described by a ``dataset.json`` (Medical Segmentation Decathlon
+    Task01, nnU-Net v2 raw): channels and labels come from that file, see
+    :mod:`aem_synth.dataset.json_datasets`.
 ``brats2015``
     ``HGG|LGG/<case>/VSD.Brain.XX.O.MR_{Flair,T1,T1c,T2}.<id>/<same>.mha`` and
     ``VSD.Brain_*more.XX.O.OT.<id>/<same>.mha`` (the seg), labels 0, 1 necrosis,
@@ -18,8 +27,9 @@ Internal labels are 0 background, 1 NCR/NET, 2 ED, 3 ET (``aem_synth.types``).
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +38,7 @@ import numpy.typing as npt
 from aem_synth.errors import CaseError, DatasetError
 from aem_synth.types import MODALITIES, LabelArray
 
-__all__ = ["LAYOUTS", "LAYOUT_ALIASES", "SEG", "Layout", "resolve_layout"]
+__all__ = ["LAYOUTS", "LAYOUT_ALIASES", "SEG", "Layout", "record_layout", "resolve_layout"]
 
 SEG = "seg"
 """Kind returned by :meth:`Layout.parse` for segmentation files."""
@@ -57,7 +67,15 @@ class Layout:
     separator : str
         Separator between case id and token in NIfTI names (``"_"`` or ``"-"``).
     file_format : str
-        ``"nifti"`` (``.nii``/``.nii.gz``) or ``"mha"`` (read with SimpleITK).
+        ``"nifti"`` (``.nii``/``.nii.gz``), ``"mha"`` (read with SimpleITK), or
+        ``"json"`` for datasets described by a ``dataset.json`` (MSD, nnU-Net:
+        found by :mod:`aem_synth.dataset.json_datasets`, never by file name).
+    case_pattern : str
+        Regular expression a case id must match (``""``: any), which tells apart
+        releases sharing one file naming (BraTS-PED and the other 2023+ sets).
+    output_suffix : str
+        Appended to the case id to name a prediction written in this layout's
+        convention (``_seg.nii.gz``; nnU-Net-style layouts use ``.nii.gz``).
     """
 
     name: str
@@ -68,6 +86,9 @@ class Layout:
     seg_token: str
     file_format: str
     separator: str = ""
+    case_pattern: str = ""
+    output_suffix: str = "_seg.nii.gz"
+    _case_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _token_kind: dict[str, str] = field(init=False, repr=False, compare=False)
     _lut: npt.NDArray[np.uint8] = field(init=False, repr=False, compare=False)
@@ -80,6 +101,8 @@ class Layout:
         alternatives = "|".join(re.escape(t) for t in sorted(token_kind, key=len, reverse=True))
         if self.file_format == "mha":
             pattern = rf"^VSD\.Brain(?:_\w*more)?\.XX\.O\.(?:MR_)?(?P<tok>{alternatives})\.\d+$"
+        elif self.file_format == "json":
+            pattern = r"(?!)"  # never matches: cases come from dataset.json
         else:
             sep = re.escape(self.separator)
             pattern = rf"^(?P<case>.+){sep}(?P<tok>{alternatives})\.nii(?:\.gz)?$"
@@ -89,7 +112,13 @@ class Layout:
         inverse = np.full(4, -1, dtype=np.int64)
         for internal, value in self.internal_to_layout.items():
             inverse[internal] = value
+        missing = [i for i in range(4) if inverse[i] < 0]
+        if missing:
+            # An internal label this dataset cannot store is written as background,
+            # and said in the README's layout table (none of the shipped maps needs it).
+            inverse[missing] = 0
         object.__setattr__(self, "_pattern", re.compile(pattern, re.IGNORECASE))
+        object.__setattr__(self, "_case_re", re.compile(self.case_pattern))
         object.__setattr__(self, "_token_kind", token_kind)
         object.__setattr__(self, "_lut", lut)
         object.__setattr__(self, "_inverse_lut", inverse)
@@ -116,10 +145,25 @@ class Layout:
         if match is None:
             return None
         case_key = match.group("case") if self.file_format == "nifti" else ""
+        if case_key and not self._case_re.search(case_key):
+            return None
         return case_key, self._token_kind[match.group("tok").lower()]
+
+    def with_labels(self, label_to_internal: dict[int, int]) -> Layout:
+        """This layout with a dataset's own label map (``dataset.json`` layouts).
+
+        The value written back for an internal label is the smallest on-disk
+        value mapped to it.
+        """
+        inverse: dict[int, int] = {}
+        for value, internal in sorted(label_to_internal.items()):
+            inverse.setdefault(internal, value)
+        return replace(self, label_to_internal=dict(label_to_internal), internal_to_layout=inverse)
 
     def expected_name(self, case_id: str, kind: str) -> str:
         """File name this layout uses for ``kind`` (a modality or ``SEG``) of a case."""
+        if self.file_format == "json":
+            return f"{case_id} {kind} (as listed in dataset.json)"
         token = self.seg_token if kind == SEG else self.modality_tokens[kind]
         if self.file_format == "mha":
             prefix = "VSD.Brain_*more.XX.O." if kind == SEG else "VSD.Brain.XX.O.MR_"
@@ -213,13 +257,60 @@ LAYOUTS: dict[str, Layout] = {
     ),
     "brats2023": Layout(
         name="brats2023",
-        description="BraTS 2023+: <case>/<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz",
-        label_to_internal={0: 0, 1: 1, 2: 2, 3: 3},
+        description=(
+            "BraTS 2023+ (GLI, MET, MEN, SSA, GoAT; 2024 GLI post-treatment): "
+            "<case>/<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz"
+        ),
+        # 4 is the resection cavity of BraTS 2024 GLI (post-treatment): not tumour, so
+        # background for WT/TC/ET; never written back.
+        label_to_internal={0: 0, 1: 1, 2: 2, 3: 3, 4: 0},
         internal_to_layout={0: 0, 1: 1, 2: 2, 3: 3},
         modality_tokens={"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"},
         seg_token="seg",
         file_format="nifti",
         separator="-",
+        case_pattern=r"^(?!BraTS-PED-)",
+    ),
+    "brats-ped": Layout(
+        name="brats-ped",
+        description="BraTS-PEDs 2023/2024: <case>/<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz, ids BraTS-PED-*",
+        # 1 ET, 2 non-enhancing tumour, 3 cystic component, 4 edema; the cyst belongs to
+        # the tumour core, as in the challenge's TC = ET + NET + CC.
+        label_to_internal={0: 0, 1: 3, 2: 1, 3: 1, 4: 2},
+        internal_to_layout={0: 0, 1: 2, 2: 4, 3: 1},
+        modality_tokens={"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"},
+        seg_token="seg",
+        file_format="nifti",
+        separator="-",
+        case_pattern=r"^BraTS-PED-",
+    ),
+    "msd": Layout(
+        name="msd",
+        description=(
+            "Medical Segmentation Decathlon Task01_BrainTumour: imagesTr/<case>.nii.gz "
+            "(4-D, channels from dataset.json), labelsTr/, imagesTs/"
+        ),
+        # Defaults of the published dataset.json (1 edema, 2 non-enhancing, 3 enhancing);
+        # each dataset's own dataset.json is read and wins.
+        label_to_internal={0: 0, 1: 2, 2: 1, 3: 3},
+        internal_to_layout={0: 0, 1: 2, 2: 1, 3: 3},
+        modality_tokens={},
+        seg_token="",
+        file_format="json",
+        output_suffix=".nii.gz",
+    ),
+    "nnunet": Layout(
+        name="nnunet",
+        description=(
+            "nnU-Net v2 raw: DatasetXXX_Name/imagesTr/<case>_<XXXX>.nii.gz, labelsTr/, "
+            "imagesTs/, channels and labels from dataset.json"
+        ),
+        label_to_internal={0: 0, 1: 2, 2: 1, 3: 3},
+        internal_to_layout={0: 0, 1: 2, 2: 1, 3: 3},
+        modality_tokens={},
+        seg_token="",
+        file_format="json",
+        output_suffix=".nii.gz",
     ),
     "brats2015": Layout(
         name="brats2015",
@@ -239,7 +330,27 @@ LAYOUT_ALIASES: dict[str, str] = {
     "brats2018": "brats2020",
     "brats2019": "brats2020",
     "brats2021": "brats2020",
+    "brats2024": "brats2023",
 }
+
+
+def record_layout(layout: str, label_map: tuple[tuple[int, int], ...] | None) -> Layout:
+    """The layout of a case: its named layout, with the dataset's own label map if it has one.
+
+    Parameters
+    ----------
+    layout : str
+        ``CaseRecord.layout``.
+    label_map : tuple of (on-disk value, internal label) pairs, or None
+        ``CaseRecord.label_map`` (set for ``dataset.json`` layouts).
+    """
+    base = resolve_layout(layout)
+    return base if not label_map else _with_map(base.name, label_map)
+
+
+@functools.lru_cache(maxsize=64)
+def _with_map(name: str, label_map: tuple[tuple[int, int], ...]) -> Layout:
+    return LAYOUTS[name].with_labels(dict(label_map))
 
 
 def resolve_layout(name: str) -> Layout:

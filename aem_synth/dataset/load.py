@@ -28,7 +28,7 @@ from nibabel.spatialimages import HeaderDataError
 from nibabel.wrapstruct import WrapStructError
 
 from aem_synth.dataset.background import detect_background
-from aem_synth.dataset.layouts import resolve_layout
+from aem_synth.dataset.layouts import record_layout, resolve_layout
 from aem_synth.errors import CaseError
 from aem_synth.types import MODALITIES, CaseRecord, FloatArray, Geometry, LoadedCase
 
@@ -87,7 +87,7 @@ def itk_from_affine(
 
 
 def read_raw(
-    path: Path | str, *, case_id: str | None = None
+    path: Path | str, *, case_id: str | None = None, four_d: bool = False
 ) -> tuple[np.ndarray, npt.NDArray[np.float64]]:
     """Read one file's voxels in on-disk order and dtype, plus its RAS affine.
 
@@ -97,6 +97,8 @@ def read_raw(
         ``.nii``, ``.nii.gz`` or any SimpleITK-readable file (``.mha``).
     case_id : str, optional
         Case named in errors (default: the parent folder's name).
+    four_d : bool
+        Accept (X, Y, Z, C) files (channels along the 4th axis, MSD).
 
     Returns
     -------
@@ -125,10 +127,11 @@ def read_raw(
         raise
     except _READ_ERRORS as exc:
         raise CaseError(cid, f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
-    if data.ndim == 4 and data.shape[3] == 1:
+    if data.ndim == 4 and data.shape[3] == 1 and not four_d:
         data = data[..., 0]
-    if data.ndim != 3:
-        raise CaseError(cid, f"{path}: expected a 3-D volume, got shape {data.shape}")
+    if data.ndim != 3 and not (four_d and data.ndim == 4):
+        want = "a 3-D or 4-D (X, Y, Z, channel)" if four_d else "a 3-D"
+        raise CaseError(cid, f"{path}: expected {want} volume, got shape {data.shape}")
     return data, affine
 
 
@@ -182,8 +185,10 @@ def load_case(record: CaseRecord, *, require_label: bool = False) -> LoadedCase:
     if require_label and record.seg is None:
         raise CaseError(cid, f"unlabelled: no segmentation file in {record.directory}")
     order = [m for m in MODALITIES if m in record.modalities]
-    first, affine = read_raw(record.modalities[order[0]], case_id=cid)
-    ref = _Ref(Path(record.modalities[order[0]]), first.shape, affine)
+    reader = _ChannelReader(record)
+    first_path = Path(record.modalities[order[0]])
+    first, affine = reader.read(order[0])
+    ref = _Ref(first_path, first.shape, affine)
     ornt = nio.ornt_transform(nio.io_orientation(affine), _RAS)
     spatial = tuple(int(n) for n in nio.apply_orientation(first, ornt).shape)
     # Each channel keeps the file's memory order (Fortran for NIfTI and ITK): reorienting
@@ -191,16 +196,21 @@ def load_case(record: CaseRecord, *, require_label: bool = False) -> LoadedCase:
     image = np.zeros((4, *spatial[::-1]), dtype=np.float32).transpose(0, 3, 2, 1)
     for modality in order:
         path = Path(record.modalities[modality])
-        data = first if modality == order[0] else _read_matching(cid, ref, path)
-        _check_finite(data, cid, path)
+        if modality == order[0]:
+            data = first
+        else:
+            data, aff = reader.read(modality)
+            _check_same_grid(cid, ref, path, data.shape, aff)
+        where = reader.describe(modality)
+        _check_finite(data, cid, where)
         if not data.any():
-            raise CaseError(cid, f"{path}: {modality} is all zero")
+            raise CaseError(cid, f"{where}: {modality} is all zero")
         # One pass: reorder to RAS and cast to float32 together.
         image[MODALITIES.index(modality)] = nio.apply_orientation(data, ornt)
     label = None
     if record.seg is not None:
         raw = _read_matching(cid, ref, Path(record.seg))
-        internal = resolve_layout(record.layout).map_labels(raw, cid, record.seg)
+        internal = record_layout(record.layout, record.label_map).map_labels(raw, cid, record.seg)
         label = np.asfortranarray(nio.apply_orientation(internal, ornt))
     present = (
         "flair" in record.modalities,
@@ -214,6 +224,37 @@ def load_case(record: CaseRecord, *, require_label: bool = False) -> LoadedCase:
         for channel, used in zip(image, present, strict=True)
     )
     return LoadedCase(record, image, present, label, geometry, background)
+
+
+class _ChannelReader:
+    """Reads a case's modalities, each file once: a 4-D file (MSD) holds several channels."""
+
+    def __init__(self, record: CaseRecord) -> None:
+        self.record = record
+        self._files: dict[Path, tuple[np.ndarray, npt.NDArray[np.float64]]] = {}
+
+    def describe(self, modality: str) -> str:
+        path = self.record.modalities[modality]
+        channels = self.record.channels
+        return f"{path}" if channels is None else f"{path} (channel {channels[modality]})"
+
+    def read(self, modality: str) -> tuple[np.ndarray, npt.NDArray[np.float64]]:
+        """On-disk voxels (X, Y, Z) and affine of one modality."""
+        path = Path(self.record.modalities[modality])
+        channels = self.record.channels
+        if channels is None:
+            return read_raw(path, case_id=self.record.case_id)
+        if path not in self._files:
+            self._files[path] = read_raw(path, case_id=self.record.case_id, four_d=True)
+        data, affine = self._files[path]
+        index = channels[modality]
+        if data.ndim != 4 or not 0 <= index < data.shape[3]:
+            raise CaseError(
+                self.record.case_id,
+                f"{path}: {modality} is channel {index} (dataset.json) but the file has shape "
+                f"{data.shape}",
+            )
+        return data[..., index], affine
 
 
 class _Ref(NamedTuple):

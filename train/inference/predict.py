@@ -41,6 +41,7 @@ __all__ = [
     "FolderPrediction",
     "PredictionResult",
     "describe_mask",
+    "output_name",
     "predict",
     "predict_case",
     "predict_folder",
@@ -140,6 +141,7 @@ def predict_record(
         No modality present, unreadable file, shape / affine mismatch between
         the present modalities (raised by the loader, naming case and files).
     """
+    from aem_synth.dataset.layouts import record_layout
     from aem_synth.dataset.load import load_case
     from aem_synth.dataset.preprocess import preprocess_case, uncrop, write_label_like
 
@@ -158,7 +160,8 @@ def predict_record(
     reference = Path(record.modalities[next(m for m in MODALITIES if m in record.modalities)])
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    written = write_label_like(full, loaded.geometry, record.layout, reference, out_path)
+    layout = record_layout(record.layout, record.label_map)
+    written = write_label_like(full, loaded.geometry, layout, reference, out_path)
     values = _written_values(Path(written), record.case_id)
     bg = loaded.background or (None,) * len(MODALITIES)
     background = {m: v for m, v, used in zip(MODALITIES, bg, mask, strict=True) if used}
@@ -179,6 +182,14 @@ def _written_values(path: Path, case_id: str) -> dict[int, int]:
     data, _ = read_raw(path, case_id=case_id)
     values, counts = np.unique(np.asarray(data), return_counts=True)
     return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
+
+
+def output_name(record: CaseRecord) -> str:
+    """File name of a case's prediction in a folder run: the layout's convention
+    (``<case>_seg.nii.gz`` for BraTS layouts, ``<case>.nii.gz`` for MSD and nnU-Net)."""
+    from aem_synth.dataset.layouts import resolve_layout
+
+    return f"{record.case_id}{resolve_layout(record.layout).output_suffix}"
 
 
 def predict_case(
@@ -211,7 +222,8 @@ def predict_folder(
     et_postprocess: int | None = None,
     progress: bool = True,
 ) -> FolderPrediction:
-    """Predict every case below ``root``; write ``<out_dir>/<case_id>_seg.nii.gz`` each.
+    """Predict every case below ``root``; write ``<out_dir>/<case_id>_seg.nii.gz`` each
+    (``<case_id>.nii.gz`` for MSD and nnU-Net datasets, see :func:`output_name`).
 
     A case that fails (``CaseError`` or any other file problem) is recorded in
     ``failures`` and skipped; the run goes on.
@@ -228,7 +240,7 @@ def predict_folder(
     bar = tqdm(records, desc="predict", unit="case", disable=not progress)
     for record in bar:
         bar.set_postfix_str(record.case_id)
-        target = Path(out_dir) / f"{record.case_id}{OUTPUT_SUFFIX}"
+        target = Path(out_dir) / output_name(record)
         try:
             outcome.results.append(
                 predict_record(

@@ -74,7 +74,9 @@ def test_root_without_recognisable_case(tmp_path: Path) -> None:
 
 def test_unknown_layout(tmp_path: Path) -> None:
     write_case(tmp_path)
-    with pytest.raises(DatasetError, match=r"unknown layout 'brats2030'; valid layouts: brats2015"):
+    with pytest.raises(
+        DatasetError, match=r"unknown layout 'brats2030'; valid layouts: brats-ped, brats2015"
+    ):
         discover(tmp_path, layout="brats2030")
 
 

@@ -32,7 +32,8 @@ def test_unknown_layout_lists_valid_names() -> None:
 def test_label_maps_match_the_brats_conventions() -> None:
     assert LAYOUTS["brats2015"].label_to_internal == {0: 0, 1: 1, 2: 2, 3: 1, 4: 3}
     assert LAYOUTS["brats2020"].label_to_internal == {0: 0, 1: 1, 2: 2, 4: 3}
-    assert LAYOUTS["brats2023"].label_to_internal == {0: 0, 1: 1, 2: 2, 3: 3}
+    assert LAYOUTS["brats2023"].label_to_internal == {0: 0, 1: 1, 2: 2, 3: 3, 4: 0}  # 4: RC
+    assert LAYOUTS["brats-ped"].label_to_internal == {0: 0, 1: 3, 2: 1, 3: 1, 4: 2}
     for name in ("brats2015", "brats2020"):
         assert LAYOUTS[name].internal_to_layout == {0: 0, 1: 1, 2: 2, 3: 4}
     assert LAYOUTS["brats2023"].internal_to_layout == {0: 0, 1: 1, 2: 2, 3: 3}
@@ -55,7 +56,7 @@ def test_brats2015_merges_non_enhancing_into_ncr() -> None:
     ("layout", "values", "unknown"),
     [
         ("brats2020", [0, 1, 3, 7], r"\[3, 7\]"),
-        ("brats2023", [0, 4, 300], r"\[4, 300\]"),
+        ("brats2023", [0, 5, 300], r"\[5, 300\]"),
         ("brats2015", [-1, 0, 5], r"\[-1, 5\]"),
     ],
 )

@@ -42,7 +42,7 @@ from aem_synth.errors import ShardError
 from aem_synth.store.shards import SampleRef, ShardReader
 from train.data.subsets import Mask, draw_subset
 
-__all__ = ["CropDataset", "CropPlan", "check_crop_fits", "crop_start"]
+__all__ = ["CropDataset", "CropPlan", "check_crop_fits", "crop_start", "refs_with_modalities"]
 
 FG_CLASSES = (1, 2, 3)
 N_LABELS = 4
@@ -129,6 +129,25 @@ def check_crop_fits(refs: Sequence[SampleRef], crop: Sequence[int]) -> tuple[int
             f"(e.g. --set data.crop=[{','.join(str(min(c, m)) for c, m in zip(size, largest, strict=True))}])"
         )
     return (largest[0], largest[1], largest[2])
+
+
+def refs_with_modalities(refs: Sequence[SampleRef], at_least: int) -> list[SampleRef]:
+    """The samples that have at least ``at_least`` modalities on disk (``present`` in meta).
+
+    KD post-training drops one modality from a teacher set of two or more, so a
+    case with a single modality cannot take part.
+    """
+    kept: list[SampleRef] = []
+    readers: dict[Path, ShardReader] = {}
+    try:
+        for ref in refs:
+            rd = readers.setdefault(ref.shard, ShardReader(ref.shard))
+            if sum(CropDataset._present(rd, ref)) >= at_least:
+                kept.append(ref)
+    finally:
+        for rd in readers.values():
+            rd.close()
+    return kept
 
 
 class CropDataset(Dataset[dict[str, Any]]):

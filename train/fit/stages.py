@@ -29,7 +29,7 @@ from aem_synth.errors import ShardError
 from train.config import STAGES, Config, config_to_dict
 from train.config_files import dump_toml
 from train.data import CropDataset, make_loader, stage_refs
-from train.data.crops import check_crop_fits
+from train.data.crops import check_crop_fits, refs_with_modalities
 from train.data.provenance import store_record
 from train.fit.checkpoint import (
     CheckpointError,
@@ -169,6 +169,17 @@ def _dataset(cfg: Config, stage: str, world_size: int) -> CropDataset:
     ratio = d.mix_real_ratio if stage == "pretrain" else 0.0
     refs = stage_refs(cfg.shards, stage, mix_real_ratio=ratio, seed=cfg.seed)
     check_crop_fits(refs, d.crop)
+    if stage == "posttrain":
+        usable = refs_with_modalities(refs, 2)
+        if len(usable) < len(refs):
+            log.info(
+                "posttrain: %d of %d training cases have a single modality and sit out KD",
+                len(refs) - len(usable),
+                len(refs),
+            )
+        if not usable:
+            raise StageError("posttrain: no training case has two modalities or more for KD")
+        refs = usable
     kind = AllModalityCrops if stage == "posttrain" else CropDataset
     per_epoch = sc.iters_per_epoch * sc.batch_size * world_size
     train = kind(

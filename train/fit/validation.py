@@ -87,8 +87,8 @@ class FullVolumeValidator:
         readers: dict[Path, ShardReader] = {}
         try:
             for ref in self.refs:
-                case_id, image, label, spacing = read_sample(readers, ref)
-                records += evaluate_sample(model, image, label, spacing, case_id, opts)[0]
+                case_id, image, label, spacing, present = read_sample(readers, ref)
+                records += evaluate_sample(model, image, label, spacing, case_id, opts, present)[0]
         finally:
             for r in readers.values():
                 r.close()

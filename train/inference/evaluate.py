@@ -138,14 +138,21 @@ def _brain(image: FloatArray, mask: Mask) -> np.ndarray:
 
 
 def predict_labels(
-    model: Any, image: FloatArray, opts: EvaluationOptions
+    model: Any, image: FloatArray, opts: EvaluationOptions, present: Mask | None = None
 ) -> dict[Mask, LabelArray]:
-    """Argmax labels ``uint8 (X, Y, Z)`` per subset; voxels outside the subset's brain -> 0."""
+    """Argmax labels ``uint8 (X, Y, Z)`` per subset; voxels outside the subset's brain -> 0.
+
+    ``present`` (the modalities the case has on disk; default all) limits the
+    subsets to those it can serve: an absent modality is never presented as present.
+    """
     w = opts.window
+    subsets = [s for s in opts.subsets if present is None or _within(s, present)]
+    if not subsets:
+        return {}
     probs = predict_subsets(
         model,
         image,
-        opts.subsets,
+        subsets,
         window=w.window,
         overlap=w.overlap,
         gaussian=w.gaussian,
@@ -155,7 +162,7 @@ def predict_labels(
         subset_batch=w.subset_batch,
     )
     labels: dict[Mask, LabelArray] = {}
-    for s in opts.subsets:
+    for s in subsets:
         p = probs.pop(s)
         if p.shape[0] != NUM_CLASSES:
             raise ValueError(
@@ -168,6 +175,10 @@ def predict_labels(
     return labels
 
 
+def _within(subset: Mask, present: Mask) -> bool:
+    return all(p or not m for m, p in zip(subset, present, strict=True))
+
+
 def evaluate_sample(
     model: Any,
     image: FloatArray,
@@ -175,6 +186,7 @@ def evaluate_sample(
     spacing: Sequence[float],
     case_id: str,
     opts: EvaluationOptions,
+    present: Mask | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, dict[Mask, LabelArray]]:
     """Records (raw and, when enabled, ET-post-processed) and predicted labels of one case.
 
@@ -186,10 +198,12 @@ def evaluate_sample(
         Ground truth, internal labels.
     spacing : sequence of 3 float
         Voxel size in mm along (X, Y, Z), for HD95.
+    present : tuple of 4 bool, optional
+        Modalities the case has; only the subsets within them are evaluated.
     """
     if image.shape[1:] != label.shape:
         raise ValueError(f"{case_id}: image shape {image.shape} does not match label {label.shape}")
-    preds = predict_labels(model, image, opts)
+    preds = predict_labels(model, image, opts, present)
     records: list[dict[str, Any]] = []
     records_pp: list[dict[str, Any]] | None = [] if opts.et_postprocess is not None else None
     for s, pred in preds.items():
@@ -227,12 +241,15 @@ def _mask_of(record: dict[str, Any]) -> Mask:
 
 
 def read_sample(readers: dict[Path, ShardReader], ref: SampleRef) -> tuple[Any, ...]:
-    """``(case_id, image, label, spacing)`` of a real sample; ``readers`` caches open shards."""
+    """``(case_id, image, label, spacing, present)`` of a real sample; ``readers`` caches
+    open shards.  ``present``: the modalities the case has (all four when not recorded)."""
     reader = readers.setdefault(ref.shard, ShardReader(ref.shard))
     meta = reader.meta(ref.sample_id)
     spacing = tuple(float(v) for v in meta.get("spacing", (1.0, 1.0, 1.0)))
     case_id = str(meta.get("case_id", ref.sample_id))
-    return case_id, reader.image(ref.sample_id), reader.label(ref.sample_id), spacing
+    flags = meta.get("present") or [True] * 4
+    present = (bool(flags[0]), bool(flags[1]), bool(flags[2]), bool(flags[3]))
+    return case_id, reader.image(ref.sample_id), reader.label(ref.sample_id), spacing, present
 
 
 def evaluate_model(
@@ -263,8 +280,10 @@ def evaluate_model(
     readers: dict[Path, ShardReader] = {}
     try:
         for ref in tqdm(refs, desc=f"evaluate {split}", unit="case", disable=not progress):
-            case_id, image, label, spacing = read_sample(readers, ref)
-            recs, recs_pp, preds = evaluate_sample(model, image, label, spacing, case_id, opts)
+            case_id, image, label, spacing, present = read_sample(readers, ref)
+            recs, recs_pp, preds = evaluate_sample(
+                model, image, label, spacing, case_id, opts, present
+            )
             records += recs
             if records_pp is not None and recs_pp is not None:
                 records_pp += recs_pp

@@ -7,7 +7,11 @@ T2) and the metric keys of :func:`train.inference.metrics.case_metrics`
 
 Table rows follow ``train.data.subsets.ALL_SUBSETS`` (the RFNet table order), one
 column per modality with ● (present) / ○ (absent), then WT, TC, ET; each cell
-is the mean over cases.  The ``Average`` row is the mean of the 15 rows.
+is the mean over cases.  The ``Average`` row is the mean of the 15 rows.  A case
+that lacks a modality on disk is evaluated only on the subsets it has, so rows
+can average different numbers of cases: the Markdown table then gains an ``n``
+column (the CSV always has ``n_cases``), and a row with no case stays empty and
+out of the average.
 Dice is shown in percent, HD95 in mm, both with two decimals.
 """
 
@@ -55,18 +59,27 @@ class SubsetTable:
     values : ndarray, float64, (n_subsets, 3)
         Mean over cases; columns WT, TC, ET.
     n_cases : int
-        Cases averaged in every row.
+        Cases averaged in the fullest row.
+    counts : tuple of int
+        Cases averaged in each row (rows with 0 hold NaN).
     """
 
     metric: str
     subsets: tuple[Mask, ...]
     values: np.ndarray
     n_cases: int
+    counts: tuple[int, ...] = ()
+
+    @property
+    def uniform(self) -> bool:
+        """Every row averages the same cases' count."""
+        return len(set(self.counts)) <= 1
 
     @property
     def average(self) -> np.ndarray:
-        """Mean of the rows, float64 (3,) for WT, TC, ET."""
-        return self.values.mean(axis=0)
+        """Mean of the rows that have cases, float64 (3,) for WT, TC, ET."""
+        rows = self.values[[c > 0 for c in self.counts]] if self.counts else self.values
+        return rows.mean(axis=0)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form with subset names as keys (raw units: fraction or mm)."""
@@ -77,6 +90,7 @@ class SubsetTable:
         return {
             "metric": self.metric,
             "n_cases": self.n_cases,
+            "counts": {subset_name(s): c for s, c in zip(self.subsets, self.counts, strict=True)},
             "rows": rows,
             "average": dict(zip(REGION_NAMES, map(float, self.average), strict=True)),
         }
@@ -92,8 +106,7 @@ def subset_table(
     Raises
     ------
     ValueError
-        Unknown metric, no records, or subsets evaluated on different numbers
-        of cases (the average would mix populations).
+        Unknown metric or no records.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
@@ -102,14 +115,14 @@ def subset_table(
         key = tuple(bool(m) for m in r["mask"])
         if key in by_subset:
             by_subset[key].append([float(r[f"{metric}_{reg}"]) for reg in REGION_NAMES])
-    counts = {subset_name(s): len(v) for s, v in by_subset.items()}
-    n = set(counts.values())
-    if n == {0}:
+    counts = tuple(len(v) for v in by_subset.values())
+    if not any(counts):
         raise ValueError(f"no {metric} records for any of the {len(subsets)} subsets")
-    if len(n) != 1:
-        raise ValueError(f"subsets were evaluated on different numbers of cases: {counts}")
-    values = np.array([np.mean(v, axis=0) for v in by_subset.values()], dtype=np.float64)
-    return SubsetTable(metric, tuple(by_subset), values, n.pop())
+    values = np.array(
+        [np.mean(v, axis=0) if v else [np.nan] * len(REGION_NAMES) for v in by_subset.values()],
+        dtype=np.float64,
+    )
+    return SubsetTable(metric, tuple(by_subset), values, max(counts), counts)
 
 
 def _marks(mask: Mask) -> list[str]:
@@ -119,14 +132,24 @@ def _marks(mask: Mask) -> list[str]:
 def to_markdown(table: SubsetTable, title: str | None = None) -> str:
     """The table as GitHub Markdown (● present, ○ absent; Dice in %, HD95 in mm)."""
     label, scale = METRICS[table.metric]
-    head = [*MODALITY_NAMES, *(f"{label} {r}" for r in REGION_NAMES)]
+    n_col = [] if table.uniform else ["n"]
+    head = [*MODALITY_NAMES, *n_col, *(f"{label} {r}" for r in REGION_NAMES)]
     lines = [f"**{title}**", ""] if title else []
     lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + ":-:|" * len(MODALITY_NAMES) + "--:|" * len(REGION_NAMES))
-    for s, v in zip(table.subsets, table.values, strict=True):
-        cells = [*_marks(s), *(f"{x * scale:.2f}" for x in v)]
+    lines.append("|" + ":-:|" * len(MODALITY_NAMES) + "--:|" * (len(n_col) + len(REGION_NAMES)))
+    counts = table.counts or (table.n_cases,) * len(table.subsets)
+    for s, v, n in zip(table.subsets, table.values, counts, strict=True):
+        n_cell = [str(n)] if n_col else []
+        cells = [*_marks(s), *n_cell, *(f"{x * scale:.2f}" if n else "-" for x in v)]
         lines.append("| " + " | ".join(cells) + " |")
-    avg = ["**Average**", "", "", "", *(f"**{x * scale:.2f}**" for x in table.average)]
+    avg = [
+        "**Average**",
+        "",
+        "",
+        "",
+        *([""] if n_col else []),
+        *(f"**{x * scale:.2f}**" for x in table.average),
+    ]
     lines.append("| " + " | ".join(avg) + " |")
     return "\n".join(lines) + "\n"
 
@@ -135,14 +158,21 @@ def write_table_csv(table: SubsetTable, path: Path) -> Path:
     """CSV of the table: flags as 1/0, subset name, values in the table's units."""
     label, scale = METRICS[table.metric]
     unit = label.split(" ", 1)[1].strip("()")
-    head = ["subset", *MODALITY_NAMES, *(f"{table.metric}_{r}_{unit}" for r in REGION_NAMES)]
+    head = [
+        "subset",
+        *MODALITY_NAMES,
+        *(f"{table.metric}_{r}_{unit}" for r in REGION_NAMES),
+        "n_cases",
+    ]
+    counts = table.counts or (table.n_cases,) * len(table.subsets)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(head)
-        for s, v in zip(table.subsets, table.values, strict=True):
-            w.writerow([subset_name(s), *map(int, s), *(f"{x * scale:.4f}" for x in v)])
-        w.writerow(["Average", "", "", "", "", *(f"{x * scale:.4f}" for x in table.average)])
+        for s, v, n in zip(table.subsets, table.values, counts, strict=True):
+            w.writerow([subset_name(s), *map(int, s), *(f"{x * scale:.4f}" for x in v), n])
+        avg = [f"{x * scale:.4f}" for x in table.average]
+        w.writerow(["Average", "", "", "", "", *avg, ""])
     return path
 
 

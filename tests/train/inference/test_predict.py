@@ -254,3 +254,40 @@ def test_zscored_case_with_negative_background(model: torch.nn.Module, tmp_path:
     # The untrained model labels some voxels of the negative shell: they were not masked away.
     shell = (ref < 0) & (ref != np.float32(-3.6))
     assert data[shell].any()
+
+
+@pytest.mark.parametrize("layout", ["msd", "nnunet", "brats-ped"])
+def test_predict_writes_back_in_each_layouts_conventions(
+    model: torch.nn.Module, tmp_path: Path, layout: str
+) -> None:
+    """4-D MSD inputs give 3-D label maps; names and label values follow the layout."""
+    from aem_synth.phantom.generator import write_phantom_dataset
+    from tests.aem_synth.dataset.layout_writers import (
+        PED_VALUES,
+        write_brats2023_family,
+        write_msd,
+        write_nnunet,
+    )
+
+    src = tmp_path / "src"
+    write_phantom_dataset(src, n_cases=2, layout="brats2020", seed=4, shape=(40, 36, 32))
+    root = tmp_path / "data"
+    if layout == "msd":
+        write_msd(src, root / "Task01_BrainTumour")
+        allowed, suffix = {0, 1, 2, 3}, ".nii.gz"
+    elif layout == "nnunet":
+        write_nnunet(src, root / "Dataset010_Brain")
+        allowed, suffix = {0, 1, 2, 3}, ".nii.gz"
+    else:
+        write_brats2023_family(src, root, "PED", PED_VALUES)
+        allowed, suffix = {0, 1, 2, 4}, "_seg.nii.gz"
+    out = tmp_path / "pred"
+    outcome = predict_folder(model, root, out, window=SMALL_WINDOW, device="cpu", progress=False)
+    assert not outcome.failures and len(outcome.results) == 2
+    for res in outcome.results:
+        assert res.layout == layout and res.out_path.name == f"{res.case_id}{suffix}"
+        img = nib.nifti1.load(res.out_path)
+        assert img.shape == (40, 36, 32)
+        assert set(np.unique(np.asarray(img.dataobj))) <= allowed
+        source = nib.nifti1.load(next(src.glob("*/*_flair.nii.gz")))  # same grid for all
+        assert np.allclose(img.affine, source.affine)

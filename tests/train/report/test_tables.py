@@ -76,7 +76,18 @@ def test_csv_files(tmp_path: Path) -> None:
     records = make_records(2)
     t = subset_table(records, "dice")
     rows = list(csv.reader(open(write_table_csv(t, tmp_path / "dice.csv"))))
-    assert rows[0] == ["subset", "FLAIR", "T1", "T1ce", "T2", "dice_WT_%", "dice_TC_%", "dice_ET_%"]
+    assert rows[0] == [
+        "subset",
+        "FLAIR",
+        "T1",
+        "T1ce",
+        "T2",
+        "dice_WT_%",
+        "dice_TC_%",
+        "dice_ET_%",
+        "n_cases",
+    ]
+    assert rows[1][-1] == "2"
     assert len(rows) == 1 + 15 + 1 and rows[-1][0] == "Average"
     assert rows[1][:5] == ["T2", "0", "0", "0", "1"]
     assert float(rows[-1][5]) == pytest.approx(100 * t.average[0], abs=1e-4)
@@ -91,5 +102,20 @@ def test_errors() -> None:
         subset_table(records, "jaccard")
     with pytest.raises(ValueError, match="no dice records"):
         subset_table([], "dice")
-    with pytest.raises(ValueError, match="different numbers of cases"):
-        subset_table(records[:-1], "dice")
+
+
+def test_rows_of_different_case_counts_show_n_and_average_the_rows_with_cases() -> None:
+    """A case lacking T1 is evaluated on the 7 subsets without T1 only."""
+    records = make_records(2)
+    lacking_t1 = [r for r in records if r["case_id"] == records[0]["case_id"] and not r["mask"][1]]
+    others = [r for r in records if r["case_id"] != records[0]["case_id"]]
+    t = subset_table(lacking_t1 + others, "dice")
+    assert not t.uniform and t.n_cases == 2
+    assert sorted(set(t.counts)) == [1, 2] and t.counts.count(2) == 7
+    md = to_markdown(t)
+    assert "| FLAIR | T1 | T1ce | T2 | n |" in md
+    only_t1 = subset_table(
+        [r for r in lacking_t1 if r["mask"] == [False, False, False, True]], "dice"
+    )
+    assert np.isnan(only_t1.values).sum() == 14 * 3 and np.isfinite(only_t1.average).all()
+    assert "| - | - | - |" in to_markdown(only_t1)

@@ -74,17 +74,29 @@ def inspect_cmd(root: Path, layout: str, as_json: bool) -> None:
     show_default=True,
     help="Volume shape X,Y,Z in voxels (1 mm).",
 )
-def phantom_cmd(out: Path, n_cases: int, layout: str, seed: int, shape: str) -> None:
+@click.option(
+    "--variant",
+    type=click.Choice(["simple", "hard"]),
+    default="simple",
+    show_default=True,
+    help="hard: anatomy, site/intensity and tumour variety (see README).",
+)
+def phantom_cmd(out: Path, n_cases: int, layout: str, seed: int, shape: str, variant: str) -> None:
     """Write a procedural BraTS-like dataset in a real on-disk layout."""
     from aem_synth.phantom.generator import parse_shape, write_phantom_dataset
 
     try:
         paths = write_phantom_dataset(
-            out, n_cases=n_cases, layout=layout, seed=seed, shape=parse_shape(shape)
+            out,
+            n_cases=n_cases,
+            layout=layout,
+            seed=seed,
+            shape=parse_shape(shape),
+            variant=variant,
         )
     except (AemSynthError, ValueError) as exc:
         _fail(exc)
-    click.echo(f"wrote {len(paths)} {layout} phantom cases to {out}")
+    click.echo(f"wrote {len(paths)} {layout} {variant} phantom cases to {out}")
 
 
 @main.command("build")

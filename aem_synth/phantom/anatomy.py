@@ -22,7 +22,8 @@ not, as in real scans.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +31,7 @@ import numpy.typing as npt
 from aem_synth.types import BoolArray, FloatArray, LabelArray
 
 __all__ = [
+    "PHANTOM_VARIANTS",
     "PLANE_RANGES",
     "TISSUES",
     "TISSUE_LABEL",
@@ -86,6 +88,7 @@ INTENSITY = np.array(
 # Brain semi-axes as fractions of the volume: 70, 88, 66 mm in 240 x 240 x 155.
 _BRAIN_FRACTION = np.array([70.0 / 240.0, 88.0 / 240.0, 66.0 / 155.0])
 LOBES = 3
+PHANTOM_VARIANTS: tuple[str, ...] = ("simple", "hard")
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,10 @@ class PhantomParams:
         Rician noise sigma as a fraction of the modality's white-matter level.
     noise_seed : int
         Seed of the voxel-noise generator.
+    variant : str
+        ``"simple"`` or ``"hard"`` (:mod:`aem_synth.phantom.hard`).
+    hard : dict or None
+        The hard variant's extra parameters (``None`` for simple).
     """
 
     shape: tuple[int, int, int]
@@ -139,6 +146,8 @@ class PhantomParams:
     bias: list[list[float]]
     noise: float
     noise_seed: int
+    variant: str = "simple"
+    hard: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, object]:
         """Plain JSON-able dictionary of all parameters."""
@@ -182,13 +191,20 @@ def plane_frame(
 
 
 def sample_phantom_params(
-    rng: np.random.Generator, shape: tuple[int, int, int], plane: dict[str, float] | None = None
+    rng: np.random.Generator,
+    shape: tuple[int, int, int],
+    plane: dict[str, float] | None = None,
+    variant: str = "simple",
 ) -> PhantomParams:
     """Draw all parameters of one case from ``rng``.
 
     The plane is always drawn first, so passing ``plane`` overrides the truth
-    without changing any other parameter of the case.
+    without changing any other parameter of the case.  ``variant="hard"``
+    draws the simple parameters first, then the hard ones from a child
+    generator (:mod:`aem_synth.phantom.hard`), which replace or extend them.
     """
+    if variant not in PHANTOM_VARIANTS:
+        raise ValueError(f"phantom variant must be one of {PHANTOM_VARIANTS}, got {variant!r}")
     drawn = {k: float(rng.uniform(lo, hi)) for k, (lo, hi) in PLANE_RANGES.items()}
     truth = drawn if plane is None else {k: float(plane[k]) for k in PLANE_RANGES}
     size = float(rng.uniform(0.94, 1.02))
@@ -206,7 +222,7 @@ def sample_phantom_params(
     fold_phase = rng.uniform(0, 2 * np.pi, 3).tolist()
     texture_phase = rng.uniform(0, 2 * np.pi, 3).tolist()
     tumour = _sample_tumour(rng, shape, truth, outline)
-    return PhantomParams(
+    params = PhantomParams(
         shape=(int(shape[0]), int(shape[1]), int(shape[2])),
         plane=truth,
         semi_axes=outline.semi_axes,
@@ -224,6 +240,44 @@ def sample_phantom_params(
         ).tolist(),
         noise=float(rng.uniform(0.015, 0.035)),
         noise_seed=int(rng.integers(0, 2**32)),
+    )
+    if variant == "simple":
+        return params
+    return _harden(params, np.random.default_rng(int(rng.integers(0, 2**63))), outline)
+
+
+def _harden(params: PhantomParams, rng: np.random.Generator, outline: _Outline) -> PhantomParams:
+    """The hard variant of a case: anatomy, intensities and tumours of :mod:`.hard`."""
+    from aem_synth.phantom.hard import sample_hard
+
+    hard = sample_hard(rng)
+    semi = np.asarray(outline.semi_axes) * hard["size"] * np.asarray(hard["axis_scale"])
+    # The brain must stay inside the grid: at most 46 % of each axis as semi-axis.
+    semi = np.minimum(semi, 0.46 * np.asarray(params.shape, dtype=np.float64))
+    outline = replace(outline, semi_axes=(float(semi[0]), float(semi[1]), float(semi[2])))
+    tumour = _sample_tumour(
+        rng, params.shape, params.plane, outline, core_range=(0.06, 0.4), lobe_max=0.25
+    )
+    tumour["satellites"] = (
+        [
+            _sample_tumour(
+                rng, params.shape, params.plane, outline, core_range=(0.05, 0.16), lobe_max=0.2
+            )
+        ]
+        if hard["multifocal"]
+        else []
+    )
+    bias = (np.asarray(params.bias) * hard["bias_factor"]).tolist()
+    return replace(
+        params,
+        semi_axes=outline.semi_axes,
+        ventricle_scale=hard["ventricle_scale"],
+        tumour=tumour,
+        scale=tuple(hard["scale"]),
+        bias=bias,
+        noise=hard["noise"],
+        variant="hard",
+        hard=hard,
     )
 
 
@@ -295,14 +349,22 @@ def _sample_tumour(
     shape: tuple[int, int, int],
     plane: dict[str, float],
     outline: _Outline,
-) -> dict[str, object]:
-    """Tumour parameters: one lesion in one hemisphere, inside the brain."""
-    core = max(3.5, float(rng.uniform(0.12, 0.22)) * outline.semi_axes[0])
+    *,
+    core_range: tuple[float, float] = (0.12, 0.22),
+    lobe_max: float = 0.05,
+) -> dict[str, Any]:
+    """Tumour parameters: one lesion in one hemisphere, inside the brain.
+
+    ``core_range``: core radius as a fraction of the brain's left-right
+    semi-axis; ``lobe_max``: largest lobulation amplitude (the hard variant
+    widens both).
+    """
+    core = max(3.5, float(rng.uniform(*core_range)) * outline.semi_axes[0])
     elong = rng.uniform(0.8, 1.2, 3)
     radii = core * elong / np.cbrt(np.prod(elong))
     rim = max(1.2, float(rng.uniform(0.2, 0.35)) * core)
     ed_ratio = float(rng.uniform(1.4, 1.9))
-    lobe_amp = rng.uniform(0.0, 0.05, (2, LOBES))
+    lobe_amp = rng.uniform(0.0, lobe_max, (2, LOBES))
     reach = float(radii.max()) * ed_ratio * (1.0 + lobe_amp[1].sum()) + 1.0
     side = 1.0 if rng.uniform() < 0.5 else -1.0
     q_centre = _place_tumour(rng, outline, reach, side)

@@ -30,7 +30,12 @@ import numpy.typing as npt
 
 from aem_synth import __version__
 from aem_synth.paths import prepare_output_dir
-from aem_synth.phantom.anatomy import PLANE_RANGES, TISSUES, sample_phantom_params
+from aem_synth.phantom.anatomy import (
+    PHANTOM_VARIANTS,
+    PLANE_RANGES,
+    TISSUES,
+    sample_phantom_params,
+)
 from aem_synth.phantom.render import render_phantom
 from aem_synth.types import MODALITIES, BoolArray, FloatArray, LabelArray
 
@@ -153,6 +158,7 @@ def make_phantom_case(
     shape: tuple[int, int, int] = DEFAULT_SHAPE,
     *,
     plane: Mapping[str, float] | object | None = None,
+    variant: str = "simple",
 ) -> PhantomCase:
     """Generate one phantom case in the canonical RAS grid.
 
@@ -167,6 +173,9 @@ def make_phantom_case(
         Force the mid-plane truth.  ``None`` draws offset uniform in [-4, 4]
         voxels, yaw and roll uniform in [-5, 5] degrees.  Forcing the plane
         changes nothing else of the case.
+    variant : {"simple", "hard"}
+        ``hard`` adds anatomy, intensity and tumour variety
+        (:mod:`aem_synth.phantom.hard`); ``simple`` cases keep their bytes.
 
     Returns
     -------
@@ -176,7 +185,7 @@ def make_phantom_case(
         raise ValueError(f"phantom seed must be a non-negative integer, got {seed!r}")
     shape = _check_shape(tuple(shape))
     forced = None if plane is None else _plane_dict(plane)
-    params = sample_phantom_params(np.random.default_rng(int(seed)), shape, forced)
+    params = sample_phantom_params(np.random.default_rng(int(seed)), shape, forced, variant)
     arrays = render_phantom(params)
     return PhantomCase(
         seed=int(seed),
@@ -230,6 +239,7 @@ def write_phantom_dataset(
     layout: str = "brats2020",
     seed: int = 0,
     shape: tuple[int, int, int] = DEFAULT_SHAPE,
+    variant: str = "simple",
 ) -> list[Path]:
     """Write ``n_cases`` phantom cases under ``out`` in a real BraTS layout.
 
@@ -247,6 +257,8 @@ def write_phantom_dataset(
         Dataset seed; case ``i`` uses ``SeedSequence(seed).spawn(n)[i]``.
     shape : tuple of int
         ``(X, Y, Z)`` voxels (1 mm).
+    variant : {"simple", "hard"}
+        See :func:`make_phantom_case`.
 
     Returns
     -------
@@ -256,6 +268,8 @@ def write_phantom_dataset(
     """
     _check_layout(layout)
     shape = _check_shape(tuple(shape))
+    if variant not in PHANTOM_VARIANTS:
+        raise ValueError(f"phantom variant must be one of {PHANTOM_VARIANTS}, got {variant!r}")
     if int(n_cases) != n_cases or n_cases < 1:
         raise ValueError(f"phantom n_cases must be an integer >= 1, got {n_cases!r}")
     if int(seed) != seed or seed < 0:
@@ -264,7 +278,7 @@ def write_phantom_dataset(
     writer = {"brats2020": _write_2020, "brats2023": _write_2023, "brats2015": _write_2015}[layout]
     entries, folders = [], []
     for index, case_seed in enumerate(_case_seeds(int(seed), int(n_cases))):
-        case = make_phantom_case(case_seed, shape)
+        case = make_phantom_case(case_seed, shape, variant=variant)
         case_id, folder = writer(out, index, case)
         truth = _write_truth(folder, case_id, case, layout=layout, index=index, dataset_seed=seed)
         folders.append(folder)
@@ -281,6 +295,7 @@ def write_phantom_dataset(
         "generator": "aem_synth.phantom.generator",
         "version": __version__,
         "layout": layout,
+        "variant": variant,
         "seed": int(seed),
         "shape": list(shape),
         "spacing_mm": [1.0, 1.0, 1.0],

@@ -10,6 +10,8 @@ mask bool.  Healthy anatomy is a function of the plane-frame coordinates
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -22,6 +24,7 @@ from aem_synth.phantom.anatomy import (
     brain_rho2,
     plane_frame,
 )
+from aem_synth.phantom.hard import hard_intensity_table, vessel_mask
 from aem_synth.types import MODALITIES, BoolArray, FloatArray, LabelArray
 
 __all__ = ["render_phantom"]
@@ -37,15 +40,20 @@ def render_phantom(params: PhantomParams) -> PhantomArrays:
     mask[box] = inside
     vox = np.stack([ix.astype(np.float32) for ix in np.nonzero(inside)])
     vox += np.array([s.start for s in box], dtype=np.float32)[:, None]
-    tissue = _healthy_tissue(q, params)
+    tissue = _healthy_tissue(_mass_effect(q, params), params)
     texture = _healthy_texture(q, params)
-    _add_tumour(params, vox, q, tissue, texture)
+    for lesion in [params.tumour, *params.tumour.get("satellites", [])]:
+        _add_tumour(params, lesion, vox, q, tissue, texture)
     full_tissue = np.zeros(shape, dtype=np.uint8)
     full_tissue[mask] = tissue
     images = {}
     noise_rng = np.random.default_rng(params.noise_seed)
+    vessels = None
+    if params.hard is not None:  # enhancing vessels in healthy tissue, T1ce only
+        vessels = vessel_mask(*_normalised(q, params), params.hard)
+        vessels &= tissue < TISSUE_CODE["edema"]
     for m, name in enumerate(MODALITIES):
-        values = _intensities(params, m, tissue, texture, vox, noise_rng)
+        values = _intensities(params, m, tissue, texture, vox, noise_rng, vessels)
         image = np.zeros(shape, dtype=np.float32)
         image[mask] = values
         images[name] = image
@@ -95,6 +103,25 @@ def _normalised(q: FloatArray, params: PhantomParams) -> tuple[FloatArray, Float
     return np.abs(q[0]) / a, (q[1] - y0) / b, (q[2] - z0) / c
 
 
+def _mass_effect(q: FloatArray, params: PhantomParams) -> FloatArray:
+    """Plane-frame coordinates at which healthy tissue is looked up (hard variant).
+
+    Tissue is pushed radially away from the main tumour, by up to
+    ``mass_effect`` x its radius, fading over a few radii: ventricles are
+    compressed and the midline shifts next to large tumours, so the two
+    hemispheres are no longer mirror images.  The simple variant returns ``q``.
+    """
+    if params.hard is None:
+        return q
+    t = params.tumour
+    centre = np.asarray(t["centre_plane_mm"], dtype=np.float32)[:, None]
+    radius = float(np.max(t["radii_mm"])) * float(t["edema_ratio"])
+    d = q - centre
+    dist = np.sqrt((d**2).sum(axis=0)) + np.float32(1e-3)
+    push = params.hard["mass_effect"] * radius * np.exp(-((dist / (2.5 * radius)) ** 2))
+    return (q - d * (push / dist)[None, :]).astype(np.float32)
+
+
 def _healthy_tissue(q: FloatArray, params: PhantomParams) -> LabelArray:
     """Tissue codes of the brain voxels from their plane-frame coordinates (symmetric)."""
     u, v, w = _normalised(q, params)
@@ -103,9 +130,14 @@ def _healthy_tissue(q: FloatArray, params: PhantomParams) -> LabelArray:
     deep = ((u - 0.2) / 0.11) ** 2 + ((v + 0.08) / 0.16) ** 2 + ((w + 0.02) / 0.13) ** 2 < 1.0
     tissue[deep] = TISSUE_CODE["deep_grey"]
     p0, p1, p2 = params.fold_phase
+    hard = params.hard or {}
+    f = float(hard.get("fold_frequency", 1.0))
+    depth = float(hard.get("cortex_depth", 1.0))
     # Gyral folding: the grey-matter depth varies with a symmetric 3-D pattern.
-    fold = 0.5 + 0.5 * np.sin(28.6 * u + p0) * np.sin(31.4 * v + p1) * np.sin(26.2 * w + p2)
-    tissue[np.sqrt(rho2) > 1.0 - (0.05 + 0.08 * fold)] = TISSUE_CODE["grey_matter"]
+    fold = 0.5 + 0.5 * np.sin(28.6 * f * u + p0) * np.sin(31.4 * f * v + p1) * np.sin(
+        26.2 * f * w + p2
+    )
+    tissue[np.sqrt(rho2) > 1.0 - depth * (0.05 + 0.08 * fold)] = TISSUE_CODE["grey_matter"]
     s = params.ventricle_scale
     w_curve = w - (0.16 - 0.25 * (v - 0.02) ** 2)
     lateral = ((u - 0.14) / (0.085 * s)) ** 2 + ((v - 0.02) / (0.42 * s**0.5)) ** 2
@@ -123,18 +155,27 @@ def _healthy_texture(q: FloatArray, params: PhantomParams) -> FloatArray:
     u, v, w = _normalised(q, params)
     p0, p1, p2 = params.texture_phase
     pattern = np.sin(21.0 * u + p0) * np.cos(23.0 * v + p1) * np.sin(19.0 * w + p2)
-    return (1.0 + 0.03 * pattern).astype(np.float32)
+    if params.hard is None:
+        return (1.0 + 0.03 * pattern).astype(np.float32)
+    fine = np.sin(53.0 * u + p2) * np.cos(47.0 * v + p0) * np.sin(59.0 * w + p1)
+    amp = params.hard["texture_amplitude"]
+    return (1.0 + amp * (0.6 * pattern + 0.4 * fine)).astype(np.float32)
 
 
 def _add_tumour(
-    params: PhantomParams, vox: FloatArray, q: FloatArray, tissue: LabelArray, texture: FloatArray
+    params: PhantomParams,
+    t: dict[str, Any],
+    vox: FloatArray,
+    q: FloatArray,
+    tissue: LabelArray,
+    texture: FloatArray,
 ) -> None:
-    """Paint ED, ET rim, necrotic and non-enhancing core into ``tissue`` (in place).
+    """Paint ED, ET rim, necrotic and non-enhancing core of lesion ``t`` into ``tissue``.
 
     The lesion is a lobulated ellipsoid; it never leaves its hemisphere and
-    oedema does not enter CSF.  ``texture`` gets the tumour heterogeneity.
+    oedema does not enter CSF.  ``texture`` gets the tumour heterogeneity.  A
+    hard case without enhancement paints the rim as non-enhancing tumour.
     """
-    t = params.tumour
     radii = np.asarray(t["radii_mm"], dtype=np.float32)
     amp = np.asarray(t["lobe_amp"], dtype=np.float32)
     ed_ratio = float(t["edema_ratio"])  # type: ignore[arg-type]
@@ -157,7 +198,8 @@ def _add_tumour(
     sub[(dist / lobes[1] < ed_ratio) & hemisphere & (sub != TISSUE_CODE["csf"])] = TISSUE_CODE[
         "edema"
     ]
-    sub[(core < 1.0) & hemisphere] = TISSUE_CODE["enhancing"]
+    no_et = bool((params.hard or {}).get("no_enhancement", False))
+    sub[(core < 1.0) & hemisphere] = TISSUE_CODE["non_enhancing" if no_et else "enhancing"]
     necrotic = (core < float(t["necrotic_fraction"])) & hemisphere  # type: ignore[arg-type]
     sub[necrotic] = TISSUE_CODE["necrosis"]
     net = necrotic & (np.asarray(t["net_normal"], dtype=np.float32) @ local > 0)
@@ -176,6 +218,7 @@ def _intensities(
     texture: FloatArray,
     vox: FloatArray,
     rng: np.random.Generator,
+    vessels: npt.NDArray[np.bool_] | None = None,
 ) -> FloatArray:
     """Integer-valued intensities (>= 1) of modality ``m`` at the brain voxels.
 
@@ -183,8 +226,11 @@ def _intensities(
     noise (magnitude of a complex Gaussian signal).
     """
     jitter = np.asarray(params.jitter, dtype=np.float32)[:, m]
-    table = INTENSITY[:, m] * jitter * np.float32(params.scale[m])
+    base = INTENSITY if params.hard is None else hard_intensity_table(INTENSITY, params.hard)
+    table = base[:, m] * jitter * np.float32(params.scale[m])
     signal = table[tissue] * texture * _bias_field(params.bias[m], vox, params.shape)
+    if vessels is not None and params.hard is not None and MODALITIES[m] == "t1ce":
+        signal[vessels] *= np.float32(params.hard["vessel_strength"])
     sigma = np.float32(params.noise * INTENSITY[TISSUE_CODE["white_matter"], m] * params.scale[m])
     noise = rng.standard_normal((2, signal.size), dtype=np.float32) * sigma
     magnitude = np.sqrt((signal + noise[0]) ** 2 + noise[1] ** 2)

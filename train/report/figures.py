@@ -24,7 +24,7 @@ from matplotlib.patches import Patch
 from aem_synth.types import LABEL_NAMES, FloatArray, LabelArray
 from train.data.subsets import MODALITY_NAMES, Mask, subset_name
 
-__all__ = ["LABEL_COLOURS", "plot_subset_predictions", "tumour_slice"]
+__all__ = ["LABEL_COLOURS", "plot_case_grid", "plot_subset_predictions", "tumour_slice"]
 
 LABEL_COLOURS: dict[int, tuple[float, float, float, float]] = {
     0: (0.0, 0.0, 0.0, 0.0),
@@ -112,5 +112,42 @@ def plot_subset_predictions(
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+    return out_path
+
+
+def plot_case_grid(
+    cases: Sequence[tuple[str, FloatArray, LabelArray]], out_path: Path, title: str = ""
+) -> Path:
+    """One row per case: FLAIR, T1, T1ce, T2 and the labels on FLAIR, one axial tumour slice.
+
+    Parameters
+    ----------
+    cases : sequence of (name, image float32 (4, X, Y, Z), label uint8 (X, Y, Z))
+        Normalised images (modality order FLAIR, T1, T1ce, T2), internal labels.
+    """
+    fig, axes = plt.subplots(len(cases), 5, figsize=(11, 2.3 * len(cases)), squeeze=False)
+    for row, (name, image, label) in zip(axes, cases, strict=True):
+        z = tumour_slice(label)
+        for c in range(4):
+            sl = image[c, :, :, z]
+            lo, hi = np.percentile(sl, [1, 99]) if sl.any() else (0.0, 1.0)
+            bg = np.clip((sl - lo) / max(hi - lo, 1e-6), 0, 1)
+            _panel(
+                row[c], bg, None, f"{name}  {MODALITY_NAMES[c]}" if c == 0 else MODALITY_NAMES[c]
+            )
+        _panel(
+            row[4],
+            np.clip((image[0, :, :, z] - image[0].min()) / (np.ptp(image[0]) or 1), 0, 1),
+            label[:, :, z],
+            "labels on FLAIR",
+        )
+    handles = [Patch(color=LABEL_COLOURS[i][:3], label=LABEL_NAMES[i]) for i in (1, 2, 3)]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=80)
     plt.close(fig)
     return out_path

@@ -395,7 +395,7 @@ def test_cli_writes_a_dataset(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "wrote 2 brats2023 phantom cases" in result.output
+    assert "wrote 2 brats2023 simple phantom cases" in result.output
     assert len(list(out.glob("*/*-seg.nii.gz"))) == 2
 
 

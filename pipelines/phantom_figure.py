@@ -22,7 +22,8 @@ import click
 @click.option("--hard", "n_hard", default=3, show_default=True, type=click.IntRange(min=0))
 @click.option("--shape", default="160,160,110", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
-def main(out: Path, brats: Path | None, n_hard: int, shape: str, seed: int) -> None:
+@click.option("--dpi", default=80, show_default=True, type=click.IntRange(min=20))
+def main(out: Path, brats: Path | None, n_hard: int, shape: str, seed: int, dpi: int) -> None:
     """Write the comparison figure."""
     from aem_synth.dataset.discover import discover
     from aem_synth.dataset.load import load_case
@@ -47,7 +48,12 @@ def main(out: Path, brats: Path | None, n_hard: int, shape: str, seed: int) -> N
         write_phantom_dataset(Path(tmp) / "simple", n_cases=1, seed=seed, shape=parse_shape(shape))
         add(Path(tmp) / "hard", "hard", n_hard)
         add(Path(tmp) / "simple", "simple", 1)
-    plot_case_grid(cases, out, "real BraTS, hard phantoms, simple phantom")
+    plot_case_grid(cases, out, "real BraTS, hard phantoms, simple phantom", dpi=dpi)
+    from PIL import Image
+
+    # A 128-colour palette keeps the figure small enough for the repository's README.
+    with Image.open(out) as img:
+        img.convert("RGB").quantize(colors=128).save(out, optimize=True)
     click.echo(f"wrote {out}")
 
 

@@ -140,7 +140,7 @@ class PhantomParams:
     ventricle_scale: float
     fold_phase: tuple[float, float, float]
     texture_phase: tuple[float, float, float]
-    tumour: dict[str, object]
+    tumour: dict[str, Any]
     scale: tuple[float, float, float, float]
     jitter: list[list[float]]
     bias: list[list[float]]

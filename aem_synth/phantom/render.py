@@ -178,7 +178,7 @@ def _add_tumour(
     """
     radii = np.asarray(t["radii_mm"], dtype=np.float32)
     amp = np.asarray(t["lobe_amp"], dtype=np.float32)
-    ed_ratio = float(t["edema_ratio"])  # type: ignore[arg-type]
+    ed_ratio = float(t["edema_ratio"])
     reach = float(radii.max()) * ed_ratio * (1.0 + float(amp[1].sum())) + 1.0
     d = vox - np.asarray(t["centre_voxel"], dtype=np.float32)[:, None]
     sel = np.flatnonzero((d**2).sum(axis=0) < reach**2)
@@ -200,13 +200,13 @@ def _add_tumour(
     ]
     no_et = bool((params.hard or {}).get("no_enhancement", False))
     sub[(core < 1.0) & hemisphere] = TISSUE_CODE["non_enhancing" if no_et else "enhancing"]
-    necrotic = (core < float(t["necrotic_fraction"])) & hemisphere  # type: ignore[arg-type]
+    necrotic = (core < float(t["necrotic_fraction"])) & hemisphere
     sub[necrotic] = TISSUE_CODE["necrosis"]
     net = necrotic & (np.asarray(t["net_normal"], dtype=np.float32) @ local > 0)
     sub[net] = TISSUE_CODE["non_enhancing"]
     tissue[sel] = sub
     tumour_k = np.asarray(t["texture_k"], dtype=np.float32)
-    hetero = 1.0 + 0.1 * np.cos(tumour_k @ local + float(t["texture_phase"]))  # type: ignore[arg-type]
+    hetero = 1.0 + 0.1 * np.cos(tumour_k @ local + float(t["texture_phase"]))
     in_tumour = sub >= TISSUE_CODE["edema"]
     texture[sel[in_tumour]] = hetero[in_tumour]
 

@@ -117,7 +117,10 @@ def plot_subset_predictions(
 
 
 def plot_case_grid(
-    cases: Sequence[tuple[str, FloatArray, LabelArray]], out_path: Path, title: str = ""
+    cases: Sequence[tuple[str, FloatArray, LabelArray]],
+    out_path: Path,
+    title: str = "",
+    dpi: int = 80,
 ) -> Path:
     """One row per case: FLAIR, T1, T1ce, T2 and the labels on FLAIR, one axial tumour slice.
 
@@ -148,6 +151,6 @@ def plot_case_grid(
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.03, 1, 0.97))
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=80)
+    fig.savefig(out_path, dpi=dpi)
     plt.close(fig)
     return out_path

@@ -5,7 +5,7 @@
 1. Generates ``hard`` phantoms (low-data regime: a few labelled training cases, a
    validation split, >= 20 test cases in ``cpu``/``gpu``), one split for all arms.
 2. Builds the stores the arms need with ``aem-synth build`` (AEM x4, mixup x4; AEM
-   x2 and x8 in ``gpu``), all from the same cases and split.
+   x2 and x8 with ``--multipliers``), all from the same cases and split.
 3. Trains every arm with the same fixed step budget per stage, for each seed:
 
    ==========  =========================================  ==========================
@@ -16,7 +16,8 @@
    aem_kd      aem's train -> posttrain (KD)              real
    kd          baseline's train -> posttrain (KD)         real
    mixup       pretrain -> train                          mixup x4, then real
-   aem_x2/x8   pretrain -> train                          AEM x2 / x8 (gpu profile)
+   aem_x2/x8   pretrain -> train                          AEM x2 / x8 (``--multipliers``)
+   baseline_2x train for pretrain + train steps           real (``--control``)
    ==========  =========================================  ==========================
 
 4. Evaluates each arm's final checkpoint on the test split (15 subsets) and the
@@ -120,6 +121,7 @@ class Arm:
     stages: tuple[str, ...]
     store: str  # "aem4", "mixup4", "aem2", "aem8"
     start: tuple[str, str] | None = None  # (arm, stage) whose final.pt the first stage starts from
+    train_steps: tuple[str, ...] = ("train",)  # stage budgets summed into this arm's train stage
 
 
 ARMS: dict[str, Arm] = {
@@ -130,6 +132,9 @@ ARMS: dict[str, Arm] = {
     "mixup": Arm("mixup", ("pretrain", "train"), "mixup4"),
     "aem_x2": Arm("aem_x2", ("pretrain", "train"), "aem2"),
     "aem_x8": Arm("aem_x8", ("pretrain", "train"), "aem8"),
+    # Control: the baseline given the steps of pretrain + train, all on real cases, to tell
+    # the effect of synthetic data from that of more steps.
+    "baseline_2x": Arm("baseline_2x", ("train",), "aem4", train_steps=("pretrain", "train")),
 }
 BASE_ARMS = ("baseline", "aem", "aem_kd", "kd", "mixup")
 STORES: dict[str, tuple[str, int]] = {
@@ -150,11 +155,13 @@ class Runner:
     profile: Profile
     backbone: str = "rfnet"
     with_multipliers: bool = False
+    with_control: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def arms(self) -> tuple[str, ...]:
-        return BASE_ARMS + (("aem_x2", "aem_x8") if self.with_multipliers else ())
+        extra = ("aem_x2", "aem_x8") if self.with_multipliers else ()
+        return BASE_ARMS + extra + (("baseline_2x",) if self.with_control else ())
 
     def data(self) -> tuple[Path, dict[str, list[str]]]:
         """Hard phantoms and their split (generated once)."""
@@ -222,7 +229,8 @@ class Runner:
         for s in STAGES:
             # posttrain runs 4 epochs so that the KD teacher is refreshed (every 2 epochs)
             epochs = 4 if s == "posttrain" else 1
-            iters = max(1, p.steps[s] // epochs)
+            steps = sum(p.steps[t] for t in arm.train_steps) if s == "train" else p.steps[s]
+            iters = max(1, steps // epochs)
             warmup = min(WARMUP[s], epochs * iters // 5)
             sets += [
                 f"stage.{s}.warmup_steps={warmup}",
@@ -476,7 +484,12 @@ def _plot(path: Path, arms: dict[str, Any], floor: dict[str, Any]) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--backbone", default="rfnet", show_default=True)
 @click.option("--multipliers", is_flag=True, help="Add the AEM x2 and x8 arms.")
-def main(profile_name: str, out: Path, backbone: str, multipliers: bool) -> None:
+@click.option(
+    "--control",
+    is_flag=True,
+    help="Add baseline_2x: the baseline trained for pretrain + train steps on real cases.",
+)
+def main(profile_name: str, out: Path, backbone: str, multipliers: bool, control: bool) -> None:
     """Run (or resume) the ablation benchmark and write results.json, summary.md, ablation.png."""
     from train.models import BACKBONES
 
@@ -484,7 +497,7 @@ def main(profile_name: str, out: Path, backbone: str, multipliers: bool) -> None
         raise click.BadParameter(f"unknown backbone {backbone!r}; known: {sorted(BACKBONES)}")
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    runner = Runner(out, PROFILES[profile_name], backbone, multipliers)
+    runner = Runner(out, PROFILES[profile_name], backbone, multipliers, with_control=control)
     root, splits = runner.data()
     for key in sorted({ARMS[a].store for a in runner.arms}):
         runner.store(key, root)

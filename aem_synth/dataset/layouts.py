@@ -243,6 +243,7 @@ class Layout:
 
 
 _NIFTI_TOKENS = {m: m for m in MODALITIES}
+_TOKENS_2023 = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}
 
 LAYOUTS: dict[str, Layout] = {
     "brats2020": Layout(
@@ -265,7 +266,7 @@ LAYOUTS: dict[str, Layout] = {
         # background for WT/TC/ET; never written back.
         label_to_internal={0: 0, 1: 1, 2: 2, 3: 3, 4: 0},
         internal_to_layout={0: 0, 1: 1, 2: 2, 3: 3},
-        modality_tokens={"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"},
+        modality_tokens=_TOKENS_2023,
         seg_token="seg",
         file_format="nifti",
         separator="-",
@@ -278,7 +279,7 @@ LAYOUTS: dict[str, Layout] = {
         # the tumour core, as in the challenge's TC = ET + NET + CC.
         label_to_internal={0: 0, 1: 3, 2: 1, 3: 1, 4: 2},
         internal_to_layout={0: 0, 1: 2, 2: 4, 3: 1},
-        modality_tokens={"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"},
+        modality_tokens=_TOKENS_2023,
         seg_token="seg",
         file_format="nifti",
         separator="-",

@@ -9,13 +9,19 @@ no brain lies in a skull-stripped scan.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from aem_synth.types import FloatArray
+from aem_synth.types import MODALITIES, FloatArray
 
-__all__ = ["BORDER_MIN_FRACTION", "describe_background", "detect_background"]
+__all__ = [
+    "BORDER_MIN_FRACTION",
+    "by_modality",
+    "case_background",
+    "describe_background",
+    "detect_background",
+]
 
 BORDER_MIN_FRACTION = 0.5
 """Share of the six faces' voxels that must hold one value for it to be the background."""
@@ -67,3 +73,25 @@ def describe_background(background: Mapping[str, float | None]) -> str:
     return ", ".join(
         f"{name} {'none' if v is None else f'{v:.4g}'}" for name, v in background.items()
     )
+
+
+def case_background(image: FloatArray, present: Sequence[bool]) -> tuple[float | None, ...]:
+    """:func:`detect_background` of each present modality of ``image`` (4, X, Y, Z).
+
+    Returns
+    -------
+    tuple of 4 (float or None)
+        ``None`` for absent modalities and for borders that are not constant.
+    """
+    return tuple(
+        detect_background(channel) if used else None
+        for channel, used in zip(image, present, strict=True)
+    )
+
+
+def by_modality(
+    background: Sequence[float | None] | None, present: Sequence[bool]
+) -> dict[str, float | None]:
+    """``{modality: background}`` of the present modalities (``None`` background: unknown)."""
+    values = background if background is not None else (None,) * len(MODALITIES)
+    return {m: v for m, v, used in zip(MODALITIES, values, present, strict=True) if used}

@@ -17,7 +17,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from aem_synth.dataset.background import describe_background
+from aem_synth.dataset.background import by_modality, describe_background
 from aem_synth.dataset.discover import discover
 from aem_synth.dataset.load import affine_from_itk, load_case, read_raw
 from aem_synth.errors import CaseError
@@ -132,10 +132,7 @@ def inspect_case(record: CaseRecord, *, load: bool = True) -> InspectRow:
     if load:
         try:
             loaded = load_case(record)
-            bg = loaded.background or (None,) * len(MODALITIES)
-            background = {
-                m: v for m, v, used in zip(MODALITIES, bg, loaded.present, strict=True) if used
-            }
+            background = by_modality(loaded.background, loaded.present)
         except CaseError as exc:
             if exc.reason not in problems:
                 problems.append(exc.reason)

@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 DATASET_JSON = "dataset.json"
+_NIFTI = (".nii.gz", ".nii")
 _IMAGE_DIRS = ("imagesTr", "imagesTs")
 
 # Normalised names (lower case, letters and digits only) -> internal modality.
@@ -258,7 +259,7 @@ def _msd_records(folder: Path, data: dict[str, Any], where: str) -> list[CaseRec
     label_map = _label_pairs(label_map_from_names(labels, where, names_are_keys=False))
     records = []
     for sub in _IMAGE_DIRS:
-        for image in _images(folder / sub, (".nii.gz", ".nii")):
+        for image in _images(folder / sub, _NIFTI):
             case_id = _stem(image.name)
             seg = _label_file(folder, sub, image.name)
             records.append(
@@ -289,7 +290,7 @@ def _nnunet_records(folder: Path, data: dict[str, Any], where: str) -> list[Case
         else label_map_from_names(labels, where, names_are_keys=True)
     )
     ending = str(data.get("file_ending", ".nii.gz"))
-    if ending not in (".nii.gz", ".nii"):
+    if ending not in _NIFTI:
         raise DatasetError(f"{where}: file_ending {ending!r}: only NIfTI (.nii.gz, .nii) is read")
     pattern = re.compile(rf"^(?P<case>.+)_(?P<ch>\d{{4}}){re.escape(ending)}$")
     records = []
@@ -336,7 +337,7 @@ def _images(folder: Path, endings: tuple[str, ...]) -> list[Path]:
 
 
 def _stem(name: str) -> str:
-    for ending in (".nii.gz", ".nii"):
+    for ending in _NIFTI:
         if name.lower().endswith(ending):
             return name[: -len(ending)]
     return name

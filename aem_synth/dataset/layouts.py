@@ -245,6 +245,27 @@ class Layout:
 _NIFTI_TOKENS = {m: m for m in MODALITIES}
 _TOKENS_2023 = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}
 
+
+def _json_layout(name: str, description: str) -> Layout:
+    """A layout read through its ``dataset.json`` (never by file name).
+
+    The label map is the published MSD one (1 edema, 2 non-enhancing, 3
+    enhancing); each dataset's own ``dataset.json`` replaces it
+    (:func:`record_layout`).
+    """
+    msd_labels = {0: 0, 1: 2, 2: 1, 3: 3}
+    return Layout(
+        name=name,
+        description=description,
+        label_to_internal=msd_labels,
+        internal_to_layout={v: k for k, v in msd_labels.items()},
+        modality_tokens={},
+        seg_token="",
+        file_format="json",
+        output_suffix=".nii.gz",
+    )
+
+
 LAYOUTS: dict[str, Layout] = {
     "brats2020": Layout(
         name="brats2020",
@@ -285,33 +306,15 @@ LAYOUTS: dict[str, Layout] = {
         separator="-",
         case_pattern=r"^BraTS-PED-",
     ),
-    "msd": Layout(
-        name="msd",
-        description=(
-            "Medical Segmentation Decathlon Task01_BrainTumour: imagesTr/<case>.nii.gz "
-            "(4-D, channels from dataset.json), labelsTr/, imagesTs/"
-        ),
-        # Defaults of the published dataset.json (1 edema, 2 non-enhancing, 3 enhancing);
-        # each dataset's own dataset.json is read and wins.
-        label_to_internal={0: 0, 1: 2, 2: 1, 3: 3},
-        internal_to_layout={0: 0, 1: 2, 2: 1, 3: 3},
-        modality_tokens={},
-        seg_token="",
-        file_format="json",
-        output_suffix=".nii.gz",
+    "msd": _json_layout(
+        "msd",
+        "Medical Segmentation Decathlon Task01_BrainTumour: imagesTr/<case>.nii.gz "
+        "(4-D, channels from dataset.json), labelsTr/, imagesTs/",
     ),
-    "nnunet": Layout(
-        name="nnunet",
-        description=(
-            "nnU-Net v2 raw: DatasetXXX_Name/imagesTr/<case>_<XXXX>.nii.gz, labelsTr/, "
-            "imagesTs/, channels and labels from dataset.json"
-        ),
-        label_to_internal={0: 0, 1: 2, 2: 1, 3: 3},
-        internal_to_layout={0: 0, 1: 2, 2: 1, 3: 3},
-        modality_tokens={},
-        seg_token="",
-        file_format="json",
-        output_suffix=".nii.gz",
+    "nnunet": _json_layout(
+        "nnunet",
+        "nnU-Net v2 raw: DatasetXXX_Name/imagesTr/<case>_<XXXX>.nii.gz, labelsTr/, "
+        "imagesTs/, channels and labels from dataset.json",
     ),
     "brats2015": Layout(
         name="brats2015",

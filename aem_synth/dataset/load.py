@@ -27,7 +27,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from nibabel.wrapstruct import WrapStructError
 
-from aem_synth.dataset.background import detect_background
+from aem_synth.dataset.background import case_background
 from aem_synth.dataset.layouts import record_layout, resolve_layout
 from aem_synth.errors import CaseError
 from aem_synth.types import MODALITIES, CaseRecord, FloatArray, Geometry, LoadedCase
@@ -219,11 +219,7 @@ def load_case(record: CaseRecord, *, require_label: bool = False) -> LoadedCase:
         "t2" in record.modalities,
     )
     geometry = _geometry(ref.shape, ref.affine, ornt)
-    background = tuple(
-        detect_background(channel) if used else None
-        for channel, used in zip(image, present, strict=True)
-    )
-    return LoadedCase(record, image, present, label, geometry, background)
+    return LoadedCase(record, image, present, label, geometry, case_background(image, present))
 
 
 class _ChannelReader:

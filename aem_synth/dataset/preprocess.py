@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 from nibabel import orientations as nio
 
-from aem_synth.dataset.background import detect_background
+from aem_synth.dataset.background import case_background
 from aem_synth.dataset.layouts import Layout, resolve_layout
 from aem_synth.dataset.load import itk_from_affine
 from aem_synth.errors import CaseError
@@ -39,7 +39,6 @@ from aem_synth.types import (
 __all__ = [
     "bounding_box",
     "brain_mask",
-    "case_background",
     "crop",
     "normalise",
     "preprocess_case",
@@ -89,20 +88,6 @@ def brain_mask(
             np.not_equal(channel, np.asarray(bg, dtype=channel.dtype), out=scratch)
         mask |= scratch
     return mask
-
-
-def case_background(image: FloatArray, present: tuple[bool, ...]) -> tuple[float | None, ...]:
-    """:func:`~aem_synth.dataset.background.detect_background` per present modality.
-
-    Returns
-    -------
-    tuple of 4 (float or None)
-        ``None`` for absent modalities and for borders that are not constant.
-    """
-    return tuple(
-        detect_background(channel) if used else None
-        for channel, used in zip(image, present, strict=True)
-    )
 
 
 def bounding_box(mask: BoolArray, margin: int = 0) -> Box:

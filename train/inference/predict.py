@@ -141,6 +141,7 @@ def predict_record(
         No modality present, unreadable file, shape / affine mismatch between
         the present modalities (raised by the loader, naming case and files).
     """
+    from aem_synth.dataset.background import by_modality
     from aem_synth.dataset.layouts import record_layout
     from aem_synth.dataset.load import load_case
     from aem_synth.dataset.preprocess import preprocess_case, uncrop, write_label_like
@@ -163,8 +164,7 @@ def predict_record(
     layout = record_layout(record.layout, record.label_map)
     written = write_label_like(full, loaded.geometry, layout, reference, out_path)
     values = _written_values(Path(written), record.case_id)
-    bg = loaded.background or (None,) * len(MODALITIES)
-    background = {m: v for m, v, used in zip(MODALITIES, bg, mask, strict=True) if used}
+    background = by_modality(loaded.background, mask)
     return PredictionResult(
         record.case_id,
         record.layout,

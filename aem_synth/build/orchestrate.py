@@ -240,6 +240,7 @@ def _prepare_all(client: Any, state: _State) -> None:
     ]
     for fut in progress(futures, "prepare", "case", state.options.progress):
         result = fut.result()
+        fut.release()  # in hand: Dask must not recompute it if its worker is lost later
         if isinstance(result, CaseFailure):
             if state.options.strict:
                 raise BuildError(f"{result.case_id}: {result.reason} (stopped by --strict)")
@@ -371,6 +372,7 @@ def _run_shards(client: Any, state: _State, specs: list[ShardSpec]) -> tuple[lis
             done[spec.file] = fut.result()
         except Exception as exc:
             raise BuildError(f"shard {spec.file} failed: {type(exc).__name__}: {exc}") from exc
+        fut.release()  # in hand: Dask must not recompute it if its worker is lost later
     return [done[s.file] for s in specs], len(specs) - len(todo)
 
 

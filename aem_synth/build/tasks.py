@@ -342,6 +342,10 @@ def done_path(root: Path, file: str) -> Path:
 def run_shard(spec: ShardSpec, root: str, work_dir: str) -> ShardInfo:
     """Build and write one shard, then its completion record; return its manifest entry."""
     out, work = Path(root), Path(work_dir)
+    # Idempotent: Dask reruns a finished task whose result was lost with its worker.
+    finished = finished_shard(out, spec)
+    if finished is not None:
+        return finished
     samples = _real_samples(spec, work) if spec.kind == "real" else _synthetic_samples(spec, work)
     with worker_task():
         info = write_shard(

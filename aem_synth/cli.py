@@ -239,12 +239,39 @@ def export_nnunet_cmd(root: Path, splits_dir: Path, out: Path, layout: str) -> N
 @main.command("verify")
 @click.argument("shards", type=click.Path(path_type=Path))
 def verify_cmd(shards: Path) -> None:
-    """Check checksums, schema, shapes, label sets and split leakage of a store."""
+    """Check checksums, store id, schema, shapes, label sets and split leakage of a store."""
     from aem_synth.store.verify import verify_store
 
     report = verify_store(shards)
     click.echo(report.format())
     if not report.ok:
+        sys.exit(1)
+
+
+@main.command("info")
+@click.argument("shards", type=click.Path(path_type=Path))
+@click.option(
+    "--verify",
+    "full",
+    is_flag=True,
+    help="Full check (SHA-256 of every shard, as `verify`) instead of the quick one.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def info_cmd(shards: Path, full: bool, as_json: bool) -> None:
+    """What a store holds: id, versions, dataset, options, seed, splits, samples, bytes, check.
+
+    The default check reads no shard byte (store id, splits, every shard present
+    with its recorded size); exits 1 when a check finds a problem, 2 when SHARDS
+    is not a finished store.
+    """
+    from aem_synth.store.info import store_info
+
+    try:
+        info = store_info(shards, verify=full)
+    except AemSynthError as exc:
+        _fail(exc)
+    click.echo(json.dumps(info.to_dict(), indent=1) if as_json else info.format())
+    if not info.check.ok:
         sys.exit(1)
 
 

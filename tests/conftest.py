@@ -54,3 +54,17 @@ def phantom_2023(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def phantom_2015(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three small BraTS-2015-layout (.mha) phantom cases."""
     return _phantom(tmp_path_factory, "brats2015", 3, seed=3)
+
+
+@pytest.fixture(scope="session")
+def phantom_store(phantom_2020: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished store built by ``aem-synth build`` from ``phantom_2020`` (AEM x1, shards of
+    4): real train/val/test and synthetic shards.  Shared: copy it before changing it."""
+    from aem_synth.build import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("phantom_store") / "shards"
+    opts = BuildOptions(
+        root=phantom_2020, out=out, multiplier=1, workers=1, shard_size=4, progress=False
+    )
+    build(opts)
+    return out

@@ -212,10 +212,13 @@ def evaluate_cmd(
             split=split,
             shards=Path(shards) if shards else None,
             out_dir=Path(out_dir) if out_dir else None,
+            warn=lambda note: click.echo(f"warning: {note}", err=True),
             **kw,  # type: ignore[arg-type]
         )
     except (ValueError, RuntimeError, OSError) as exc:
         _fail_exit(exc)
+    for line in result.stores:
+        click.echo(line)
     click.echo(result.markdown)
     for name, path in result.files.items():
         click.echo(f"wrote {name}: {path}")

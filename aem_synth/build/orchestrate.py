@@ -46,6 +46,7 @@ from aem_synth.store.identity import (
     IDENTITY_NAME,
     identity_differences,
     read_identity,
+    store_id,
     store_identity,
     write_identity,
 )
@@ -413,7 +414,8 @@ def _manifest(
         },
         "options": o.to_dict(),
         "seed": o.seed,
-        "store_id": state.store_id,
+        "build_id": state.store_id,  # the identity's id (store.json); the rebuild guard
+        "store_id": store_id(o.to_dict(), membership, [i.to_dict() for i in infos]),
         "splits": membership,
         "shards": [i.to_dict() for i in infos],
         "cases": cases,

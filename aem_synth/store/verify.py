@@ -2,7 +2,9 @@
 
 Checks, each reported as one readable problem line:
 
-* the manifest exists and has this tool's schema;
+* the manifest exists and has this tool's schema; its ``store_id`` matches
+  its options, splits and shard checksums (stores that record a ``build_id``;
+  see :mod:`aem_synth.store.identity`);
 * every listed shard exists and its sha256 matches; no shard file on disk is
   missing from the manifest;
 * shard attributes (schema version, kind, split, sample count) agree with
@@ -13,6 +15,10 @@ Checks, each reported as one readable problem line:
 * no split leakage: the real split memberships are disjoint, every real
   sample sits in its manifest split, and both the anatomy and the donor of
   every synthetic sample are training cases.
+
+:func:`quick_check` runs the subset that reads no shard bytes (store id,
+splits, shard files present with their recorded sizes, no unlisted shard):
+what ``aem-synth info`` checks unless asked for the full pass.
 """
 
 from __future__ import annotations
@@ -26,9 +32,16 @@ from typing import Any
 import numpy as np
 
 from aem_synth.errors import ShardError
-from aem_synth.store.shards import SCHEMA_VERSION, ShardReader, read_manifest, sha256_file
+from aem_synth.store.identity import manifest_store_id
+from aem_synth.store.shards import (
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    ShardReader,
+    read_manifest,
+    sha256_file,
+)
 
-__all__ = ["VALID_LABELS", "VerifyReport", "verify_store"]
+__all__ = ["VALID_LABELS", "VerifyReport", "quick_check", "verify_store"]
 
 VALID_LABELS = frozenset({0, 1, 2, 3})
 
@@ -72,6 +85,7 @@ def verify_store(root: Path | str) -> VerifyReport:
         report.problems.append(str(exc))
         return report
     splits = {k: set(v) for k, v in manifest.get("splits", {}).items()}
+    _check_store_id(manifest, report)
     _check_splits(splits, report)
     ids: Counter[str] = Counter()
     listed: set[str] = set()
@@ -83,12 +97,78 @@ def verify_store(root: Path | str) -> VerifyReport:
     report.problems += [f"sample id {sid!r} appears {n} times" for sid, n in ids.items() if n > 1]
     if not ids:
         report.problems.append("the store holds no sample (an empty store is not usable)")
+    _check_unlisted(root, listed, report)
+    return report
+
+
+def quick_check(root: Path | str, manifest: dict[str, Any] | None = None) -> VerifyReport:
+    """The checks of :func:`verify_store` that read no shard bytes.
+
+    The store id against the manifest, split disjointness, every listed shard
+    present with the size the manifest records, no shard file the manifest
+    does not list.  Damaged bytes of the right size pass: only
+    :func:`verify_store` (SHA-256 of every shard) finds them.
+
+    Parameters
+    ----------
+    root : Path or str
+        The store.
+    manifest : dict, optional
+        Its manifest, when already read (else read here; errors are problems).
+    """
+    root = Path(root)
+    report = VerifyReport(root)
+    if manifest is None:
+        try:
+            manifest = read_manifest(root)
+        except ShardError as exc:
+            report.problems.append(str(exc))
+            return report
+    _check_store_id(manifest, report)
+    _check_splits({k: set(v) for k, v in manifest.get("splits", {}).items()}, report)
+    listed: set[str] = set()
+    for entry in manifest.get("shards", []):
+        listed.add(entry["file"])
+        report.shards += 1
+        report.samples += len(entry["samples"])
+        _check_file_size(root, entry, report)
+    if not report.samples:
+        report.problems.append("the store holds no sample (an empty store is not usable)")
+    _check_unlisted(root, listed, report)
+    return report
+
+
+def _check_store_id(manifest: dict[str, Any], report: VerifyReport) -> None:
+    if "build_id" not in manifest:
+        return  # an id written before ids covered shard checksums: nothing to recompute
+    recorded, computed = manifest.get("store_id"), manifest_store_id(manifest)
+    if recorded != computed:
+        report.problems.append(
+            f"{MANIFEST_NAME}: store_id {recorded!r} does not match its options, splits and "
+            f"shard checksums ({computed!r}); the manifest was edited or damaged"
+        )
+
+
+def _check_file_size(root: Path, entry: dict[str, Any], report: VerifyReport) -> None:
+    file = entry["file"]
+    try:
+        size = (root / file).stat().st_size
+    except OSError:
+        report.problems.append(f"{file}: listed in the manifest but missing")
+        return
+    if "bytes" in entry and size != int(entry["bytes"]):
+        report.problems.append(
+            f"{file}: {size} bytes on disk, the manifest records {entry['bytes']} "
+            "(truncated or replaced)"
+        )
+
+
+def _check_unlisted(root: Path, listed: set[str], report: VerifyReport) -> None:
     for sub in ("real", "synthetic"):
         for path in sorted((root / sub).glob("*.h5")):
             rel = f"{sub}/{path.name}"
             if rel not in listed:
                 report.problems.append(f"{rel}: shard file on disk is not in the manifest")
-    return report
 
 
 def _check_splits(splits: dict[str, set[str]], report: VerifyReport) -> None:

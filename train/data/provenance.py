@@ -1,11 +1,14 @@
 """Which store a checkpoint was trained on, and the check that keeps evaluation honest.
 
 Every checkpoint records ``store = {"id", "path", "trained_on"}``: the store id
-from the manifest (see :mod:`aem_synth.store.identity`), where it was, and the
-real case ids whose data trained the weights: the training split of every
-stage's store, accumulated along ``init`` from stage to stage.  Evaluation
-refuses a split that holds any of those cases (a store rebuilt with other
-splits), and warns when it evaluates on another store than the one trained on.
+from the manifest (a hash of splits, options and shard checksums, see
+:mod:`aem_synth.store.identity`), where it was, and the real case ids whose
+data trained the weights: the training split of every stage's store,
+accumulated along ``init`` from stage to stage.  Evaluation refuses a split
+that holds any of those cases (a store rebuilt with other splits), prints
+both store ids (:func:`describe_stores`) and warns when it evaluates on
+another store than the one trained on.  Only ids are compared, never paths:
+a store moved or copied elsewhere is the same store.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 from aem_synth.errors import ShardError
 from aem_synth.store.shards import read_manifest
 
-__all__ = ["check_evaluation_store", "store_record"]
+__all__ = ["check_evaluation_store", "describe_stores", "store_record"]
 
 
 def store_record(shards: Path | str, inherited: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -86,9 +89,44 @@ def check_evaluation_store(meta: Mapping[str, Any], shards: Path | str, split: s
             f"{saved.get('id')} ({saved.get('path')}), this is store {current}: evaluate on the "
             "store it was trained with, or retrain on this one"
         )
-    if saved.get("id") and saved.get("id") != current:
+    if saved.get("id") and not _same_store(saved["id"], manifest):
         return [
             f"evaluating on store {current} ({Path(shards).resolve()}); the checkpoint was "
             f"trained on store {saved.get('id')} ({saved.get('path')})"
         ]
     return []
+
+
+def _same_store(saved_id: str, manifest: Mapping[str, Any]) -> bool:
+    """The checkpoint's store id names this store: its id, or (for a checkpoint trained
+    on a store whose id predates shard checksums) its build identity, which decides the
+    same samples."""
+    return saved_id in (manifest.get("store_id"), manifest.get("build_id"))
+
+
+def describe_stores(meta: Mapping[str, Any], shards: Path | str) -> list[str]:
+    """Two lines: the store evaluated on and the one the checkpoint was trained on.
+
+    Parameters
+    ----------
+    meta : mapping
+        Checkpoint metadata (its ``store`` entry, when it has one).
+    shards : Path or str
+        The store evaluated on.
+
+    Returns
+    -------
+    list of str
+        ``"store: <id> (<path>)"`` and ``"trained on store: <id> (<path>)"``,
+        the latter ending in ``: the same store`` or ``: another store``.
+    """
+    manifest = read_manifest(Path(shards))
+    current = manifest.get("store_id") or "without id (built before store ids)"
+    lines = [f"store: {current} ({Path(shards).resolve()})"]
+    saved = meta.get("store")
+    if not isinstance(saved, Mapping) or not saved.get("id"):
+        lines.append("trained on store: not recorded in the checkpoint")
+        return lines
+    same = "the same store" if _same_store(saved["id"], manifest) else "another store"
+    lines.append(f"trained on store: {saved['id']} ({saved.get('path')}): {same}")
+    return lines

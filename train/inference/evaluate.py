@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,9 @@ import numpy as np
 from tqdm import tqdm
 
 from aem_synth.errors import ShardError
-from aem_synth.store.shards import SampleRef, ShardReader, list_samples
+from aem_synth.store.shards import SampleRef, ShardReader, list_samples, read_manifest
 from aem_synth.types import FloatArray, LabelArray
-from train.data.provenance import check_evaluation_store
+from train.data.provenance import check_evaluation_store, describe_stores
 from train.data.subsets import ALL_SUBSETS, Mask, subset_name
 from train.inference.metrics import case_metrics, conventions, postprocess_et
 from train.inference.sliding_window import WindowOptions, predict_subsets
@@ -120,6 +120,9 @@ class EvaluationResult:
         Output name -> path.
     markdown : str
         The tables as printed (conventions line included).
+    stores : list of str
+        The store evaluated on and the one the checkpoint was trained on
+        (:func:`train.data.provenance.describe_stores`; set by :func:`evaluate`).
     """
 
     records: list[dict[str, Any]]
@@ -130,6 +133,7 @@ class EvaluationResult:
     hd95_pp: SubsetTable | None = None
     files: dict[str, Path] = field(default_factory=dict)
     markdown: str = ""
+    stores: list[str] = field(default_factory=list)
 
 
 def _brain(image: FloatArray, mask: Mask) -> np.ndarray:
@@ -361,6 +365,7 @@ def _write_outputs(
         )
     doc = {
         "shards": str(shards),
+        "store_id": read_manifest(shards).get("store_id"),
         "split": split,
         "options": opts.to_dict(),
         "conventions": conventions(),
@@ -403,13 +408,16 @@ def evaluate(
     et_postprocess: int | None = None,
     device: str = "auto",
     progress: bool = True,
+    warn: Callable[[str], None] | None = None,
 ) -> EvaluationResult:
     """Load ``checkpoint`` and evaluate it on the real ``split`` of its (or the given) shards.
 
     ``out_dir`` defaults to ``<checkpoint folder>/eval-<split>``.  ``window``
     is one size for all axes or three sizes (X, Y, Z) in voxels; ``None``
     (default) takes the training crop recorded in the checkpoint, and another
-    size logs a one-line note.
+    size logs a one-line note.  ``result.stores`` names the store evaluated on
+    and the one trained on; when they differ, ``warn`` (default: a logged
+    warning) gets one line that says so.
     """
     from train.inference.loading import load_for_inference
 
@@ -427,7 +435,12 @@ def evaluate(
     opts = EvaluationOptions(loaded.window, et_postprocess, str(loaded.device))
     shards = Path(shards) if shards is not None else _shards_from_meta(meta, checkpoint)
     for note in check_evaluation_store(meta, shards, split):
-        log.warning(note)
+        (warn or log.warning)(note)
+    stores = describe_stores(meta, shards)
+    for line in stores:
+        log.info(line)
     out = Path(out_dir) if out_dir is not None else checkpoint.parent / f"eval-{split}"
     meta_doc = {"path": str(checkpoint), **(meta if isinstance(meta, dict) else {"meta": meta})}
-    return evaluate_model(model, shards, split, out, opts, meta=meta_doc, progress=progress)
+    result = evaluate_model(model, shards, split, out, opts, meta=meta_doc, progress=progress)
+    result.stores = stores
+    return result

@@ -123,6 +123,8 @@ def test_killed_build_resumes_to_identical_store(phantoms: Path, tmp_path: Path)
     files = sorted(e["file"] for e in manifest["shards"])
     assert sorted(p.relative_to(out).as_posix() for p in _shard_files(out)) == files
     assert _arrays(out) == _arrays(reference)
+    # Byte-identical shards: the resumed store has the id of the undisturbed one.
+    assert manifest["store_id"] == json.loads((reference / "manifest.json").read_text())["store_id"]
 
 
 def _store_with_cache(tmp_path: Path) -> tuple[Path, ShardSpec]:

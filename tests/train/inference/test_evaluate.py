@@ -225,3 +225,27 @@ def test_evaluation_refuses_cases_the_checkpoint_was_trained_on(store: Path) -> 
         assert check_evaluation_store({}, store, "test") == []
     finally:
         (store / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_store_lines_and_checkpoints_trained_before_ids_covered_checksums(store: Path) -> None:
+    import json
+
+    from train.data.provenance import check_evaluation_store, describe_stores
+
+    manifest = json.loads((store / "manifest.json").read_text())
+    # A store rebuilt with the options and splits of the one a checkpoint was trained on,
+    # when that one's id covered only those (its id is the new store's build_id).
+    patched = {**manifest, "store_id": "content", "build_id": "legacy"}
+    (store / "manifest.json").write_text(json.dumps(patched))
+    try:
+        legacy = {"store": {"id": "legacy", "path": "/old", "trained_on": []}}
+        assert check_evaluation_store(legacy, store, "test") == []
+        assert describe_stores(legacy, store) == [
+            f"store: content ({store.resolve()})",
+            "trained on store: legacy (/old): the same store",
+        ]
+        other = {"store": {"id": "other", "path": "/old", "trained_on": []}}
+        assert describe_stores(other, store)[1] == "trained on store: other (/old): another store"
+        assert describe_stores({}, store)[1] == "trained on store: not recorded in the checkpoint"
+    finally:
+        (store / "manifest.json").write_text(json.dumps(manifest))

@@ -1,6 +1,6 @@
 """Cost of the per-chunk Fletcher32 checksums: crop reads, writes and bytes, with vs without.
 
-Writes the same BraTS-like samples (``bench_loader.brats_like``, default 4 of
+Writes the same BraTS-like samples (``brats_like``, default 4 of
 (4, 140, 172, 136)) twice with the default codec and chunk shape, once with
 checksums (the store default) and once without, then reads the same random
 80^3 crops (image float16 -> float32, label) from both, interleaved round by
@@ -14,17 +14,35 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loader import brats_like
+from aem_synth.store.shards import Sample, ShardReader, write_shard
 
-from aem_synth.store.shards import ShardReader, write_shard
+
+def brats_like(sid: str, shape: tuple[int, int, int], rng: np.random.Generator) -> Sample:
+    """A z-scored-looking brain: smooth per-modality texture + noise inside an ellipsoid."""
+    grids = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in shape], indexing="ij")
+    brain = sum(g**2 for g in grids) < 0.95
+    coarse = tuple(max(2, n // 10) for n in shape)
+    image = np.empty((4, *shape), np.float32)
+    for m in range(4):
+        low = rng.standard_normal(coarse).astype(np.float32)
+        zoom = [n / c for n, c in zip(shape, coarse, strict=True)]
+        smooth = ndimage.zoom(low, zoom, order=1)[: shape[0], : shape[1], : shape[2]]
+        image[m] = (smooth + 0.15 * rng.standard_normal(shape, dtype=np.float32)) * brain
+    centre = [0.35, 0.1, 0.2]
+    d2 = sum((g - c) ** 2 for g, c in zip(grids, centre, strict=True))
+    label = np.zeros(shape, np.uint8)
+    label[(d2 < 0.06) & brain] = 2
+    label[(d2 < 0.025) & brain] = 1
+    label[(d2 < 0.01) & brain] = 3
+    image[:, label > 0] += 1.0
+    return Sample(sid, image, label, {"present": [True] * 4, "spacing": [1.0, 1.0, 1.0]})
 
 
 def _write(path: Path, samples: list, checksums: bool) -> float:

@@ -117,7 +117,7 @@ def gpu_section(reps: int, workers: int) -> None:
     if not torch.cuda.is_available():
         print("GPU: no CUDA device available on this machine; GPU figures not measured")
         return
-    from train.data import CropDataset, make_loader, stage_refs
+    from train.data import CropDataset, batch_to_device, make_loader, stage_refs
     from train.data.augment import BatchAugment
 
     device = torch.device("cuda")
@@ -133,7 +133,10 @@ def gpu_section(reps: int, workers: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = _write_store(Path(tmp))
         ds = CropDataset(
-            stage_refs(store, "train"), crop=(80, 80, 80), samples_per_epoch=2 * (reps + 3)
+            stage_refs(store, "train"),
+            crop=(80, 80, 80),
+            samples_per_epoch=2 * (reps + 3),
+            compact=True,  # as training loads: float16 channels of the drawn modalities
         )
         loader = make_loader(ds, batch_size=2, workers=workers, seed=0)
         augment, gen = BatchAugment(), torch.Generator(device=device).manual_seed(0)
@@ -142,11 +145,7 @@ def gpu_section(reps: int, workers: int) -> None:
             it = iter(loader)
 
             def loaded_step(step: Callable = step, it: Iterator[Any] = it) -> None:
-                b = {
-                    k: v.to(device, non_blocking=True)
-                    for k, v in next(it).items()
-                    if k != "sample_id"
-                }
+                b = batch_to_device(next(it), device)
                 b["image"], b["label"] = augment(b["image"], b["label"], b["mask"], gen)
                 step(b)
 

@@ -79,14 +79,17 @@ def _codec_kwargs(name: str) -> dict[str, Any]:
         return {}
     if name == "gzip":
         return {"compression": "gzip", "compression_opts": 4, "shuffle": True}
-    family, cname, *level = name.split("-")
-    clevel = int(level[0]) if level else 5
+    family, cname, *rest = name.split("-")
+    clevel = int(rest[0]) if rest else 5
+    shuffle = rest[1:] != ["noshuffle"]
     if family == "blosc2":
         f = hdf5plugin.Blosc2
-        return dict(f(cname=cname, clevel=clevel, filters=f.SHUFFLE))  # type: ignore[arg-type]
+        filters = f.SHUFFLE if shuffle else f.NOFILTER
+        return dict(f(cname=cname, clevel=clevel, filters=filters))  # type: ignore[arg-type]
     if family == "blosc":
         g = hdf5plugin.Blosc
-        return dict(g(cname=cname, clevel=clevel, shuffle=g.SHUFFLE))  # type: ignore[arg-type]
+        mode = g.SHUFFLE if shuffle else g.NOSHUFFLE
+        return dict(g(cname=cname, clevel=clevel, shuffle=mode))  # type: ignore[arg-type]
     raise ShardError(f"unknown codec {name!r}; choose one of {sorted(CODECS)}")
 
 
@@ -94,16 +97,19 @@ CODECS: tuple[str, ...] = (
     "none",
     "gzip",
     "blosc-lz4-5",
+    "blosc-lz4-5-noshuffle",
     "blosc-zstd-3",
     "blosc2-lz4-5",
     "blosc2-zstd-1",
     "blosc2-zstd-3",
 )
 # Chosen by benchmarks/bench_codecs.py on a real BraTS case (140x190x137 crop), measured
-# with one Blosc thread as build and loader workers run: within 10 % of the smallest file
-# (11.0 vs 10.65 MB) and of the fastest 80^3 crop read (15.3 ms), the fastest writer among
-# those (238 MB/s, against 122 MB/s for blosc-zstd-3, the earlier default).
-DEFAULT_CODEC = "blosc2-zstd-1"
+# with one Blosc thread as build and loader workers run: among the codecs keeping a sample
+# within 0.25 of its float32 .npy (0.231 here), within 10 % of the fastest 80^3 crop read
+# (7.3-7.6 ms against 13.3 ms for blosc2-zstd-1, the default before, at 0.178), the
+# fastest writer (290 MB/s). Byte shuffling does not shrink these float16 z-scores under
+# LZ4 (0.225 with it) and costs read time.
+DEFAULT_CODEC = "blosc-lz4-5-noshuffle"
 DEFAULT_CHUNK: tuple[int, int, int] = (32, 32, 32)
 
 
@@ -303,9 +309,11 @@ class ShardReader:
         self.path = Path(path)
         self._file: h5py.File | None = None
         self._pid: int | None = None
+        # Dataset handles of read_into, which training calls for every crop.
+        self._datasets: dict[tuple[str, str], h5py.Dataset] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "_file": None, "_pid": None}
+        return {"path": self.path, "_file": None, "_pid": None, "_datasets": {}}
 
     @property
     def file(self) -> h5py.File:
@@ -315,10 +323,12 @@ class ShardReader:
             except OSError as exc:
                 raise ShardError(f"{self.path}: cannot open shard: {exc}") from exc
             self._pid = os.getpid()
+            self._datasets = {}
         return self._file
 
     def close(self) -> None:
         if self._file is not None and self._pid == os.getpid():
+            self._datasets = {}
             self._file.close()
         self._file = None
 
@@ -384,9 +394,40 @@ class ShardReader:
         """Label (x, y, z) uint8, optionally only the voxels in ``box``."""
         return self._read(key, "label", box if box is not None else ())
 
+    def read_into(
+        self,
+        key: str,
+        name: str,
+        out: np.ndarray,
+        source: tuple[Any, ...],
+        dest: tuple[Any, ...],
+    ) -> None:
+        """Read ``samples/<key>/<name>[source]`` straight into ``out[dest]`` (no temporary array).
+
+        ``out`` must have the stored dtype (float16 image, uint8 label) for
+        HDF5 to decompress into it without a conversion pass.
+        """
+        dataset = self._datasets.get((key, name)) if self._pid == os.getpid() else None
+        if dataset is None:
+            try:
+                dataset = self._datasets[(key, name)] = self._group(key)[name]
+            except KeyError:
+                raise ShardError(f"{self.path}: sample {key!r} has no {name!r}") from None
+        try:
+            dataset.read_direct(out, source_sel=source, dest_sel=dest)
+        except (OSError, RuntimeError) as exc:
+            raise self._damaged(key, name, exc) from exc
+
     def foreground(self, key: str, cls: int) -> np.ndarray:
         """Indexed positions (K, 3) int64 of class ``cls`` (empty when absent)."""
         return self._read(key, f"fg/{cls}").astype(np.int64)
+
+    def foreground_count(self, key: str, cls: int) -> int:
+        """Number ``K`` of indexed positions of class ``cls`` (metadata only, no voxel read)."""
+        try:
+            return int(self._group(key)[f"fg/{cls}"].shape[0])
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise self._damaged(key, f"fg/{cls}", exc) from exc
 
     def meta(self, key: str) -> dict[str, Any]:
         """Provenance dict stored with the sample."""

@@ -9,7 +9,7 @@ epoch-seeded loaders, batch augmentation and the 15 modality subsets.
 from __future__ import annotations
 
 from train.data.augment import AugmentParams, BatchAugment, rotate, rotation_matrices
-from train.data.crops import CropDataset, CropPlan, crop_start
+from train.data.crops import CropDataset, CropPlan, collate_batch, crop_start, unpack_channels
 from train.data.loader import (
     STAGES,
     EpochDistributedSampler,
@@ -42,12 +42,14 @@ __all__ = [
     "STAGES",
     "allowed_subsets",
     "batch_to_device",
+    "collate_batch",
     "crop_start",
     "draw_subset",
     "make_loader",
     "rotate",
     "rotation_matrices",
     "stage_refs",
+    "unpack_channels",
     "subset_index",
     "subset_name",
     "val_refs",

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from aem_synth.build.tuning import tune_worker
 from aem_synth.errors import ShardError
 from aem_synth.store.shards import SampleRef, list_samples
-from train.data.crops import CropDataset
+from train.data.crops import CropDataset, collate_batch, unpack_channels
 
 __all__ = [
     "STAGES",
@@ -42,11 +42,17 @@ def batch_to_device(
 ) -> dict[str, Any]:
     """Move a collated batch to ``device`` as image float32, label int64, mask bool.
 
-    Converts after the copy, so compact batches (float16 / uint8) cross the
-    bus at their small size; ``sample_id`` and other entries pass through.
+    Converts after the copy, so compact batches (float16 / uint8, packed
+    ``channels`` of the drawn modalities only) cross the bus at their small
+    size and ``image`` ``(B, 4, ...)`` is rebuilt on ``device``; ``sample_id``
+    and other entries pass through.
     """
     out = dict(batch)
-    out["image"] = batch["image"].to(device, non_blocking=non_blocking).float()
+    if "channels" in out:  # compact batch: only the drawn modalities were sent
+        channels = out.pop("channels").to(device, non_blocking=non_blocking)
+        out["image"] = unpack_channels(channels.float(), batch["mask"].to(device))
+    else:
+        out["image"] = batch["image"].to(device, non_blocking=non_blocking).float()
     out["label"] = batch["label"].to(device, non_blocking=non_blocking).long()
     out["mask"] = batch["mask"].to(device, non_blocking=non_blocking).bool()
     return out
@@ -156,6 +162,7 @@ def make_loader(
         pin_memory=torch.cuda.is_available(),
         drop_last=drop_last,
         worker_init_fn=_worker_init if workers > 0 else None,
+        collate_fn=collate_batch,
         # An explicit generator keeps DataLoader from drawing its base seed from global state.
         generator=torch.Generator().manual_seed(seed),
     )

@@ -100,7 +100,7 @@ class AllModalityCrops(CropDataset):
 
     def plan(self, index: int | tuple[int, int]) -> Any:
         p = super().plan(index)
-        present = self._present(self.reader(p.ref.shard), p.ref)
+        present = self._facts(p.ref)[1]
         return dataclasses.replace(p, mask=(present[0], present[1], present[2], present[3]))
 
 

@@ -24,6 +24,7 @@ from train.data import (
     crop_start,
     make_loader,
     stage_refs,
+    unpack_channels,
     val_refs,
 )
 
@@ -179,6 +180,50 @@ def test_zero_and_two_workers_give_identical_batches_across_epochs(store: Path) 
         for b0, b2 in zip(e0, e2, strict=True):
             assert _equal_items(b0, b2)
     assert not torch.equal(batches[0][0][0]["image"], batches[0][1][0]["image"])
+
+
+def test_compact_batches_carry_only_the_drawn_modalities(store: Path) -> None:
+    refs = stage_refs(store, "pretrain", mix_real_ratio=0.5)
+    items = CropDataset(refs, crop=CROP, seed=4, samples_per_epoch=6, compact=True)
+    for workers in (0, 1):  # 1: the batch tensors are made in a worker's shared memory
+        ds = CropDataset(refs, crop=CROP, seed=4, samples_per_epoch=6, compact=True)
+        loader = make_loader(ds, batch_size=3, workers=workers, seed=1, drop_last=False)
+        order = list(loader.sampler)
+        for b, batch in enumerate(loader):
+            assert "image" not in batch
+            mask, channels = batch["mask"], batch["channels"]
+            assert channels.dtype == torch.float16 and channels.shape == (int(mask.sum()), *CROP)
+            expected = [items[index] for index in order[3 * b : 3 * b + 3]]
+            image = unpack_channels(channels, mask)
+            for k, item in enumerate(expected):
+                assert torch.equal(image[k], item["image"]) and torch.equal(mask[k], item["mask"])
+                assert torch.equal(batch["label"][k], item["label"])
+            wide = batch_to_device(batch, "cpu")
+            assert wide["image"].dtype == torch.float32 and torch.equal(
+                wide["image"], image.float()
+            )
+    with pytest.raises(ValueError, match="packed channels"):
+        unpack_channels(torch.zeros(1, *CROP), torch.ones(1, 4, dtype=torch.bool))
+
+
+def test_absent_modalities_are_not_read(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    read: list[int] = []
+    original = ShardReader.read_into
+
+    def spy(
+        self: ShardReader, key: str, name: str, out: np.ndarray, source: tuple, dest: tuple
+    ) -> None:
+        if name == "image":
+            read.append(source[0])
+        original(self, key, name, out, source, dest)
+
+    monkeypatch.setattr(ShardReader, "read_into", spy)
+    ds = CropDataset(stage_refs(store, "train"), crop=CROP, seed=8, samples_per_epoch=20)
+    for i in range(len(ds)):
+        read.clear()
+        item = ds[i]
+        assert read == [m for m in range(4) if item["mask"][m]]
+        assert item["image"][~item["mask"]].eq(0).all()
 
 
 def test_full_tumour_share_always_crops_tumour(store: Path) -> None:

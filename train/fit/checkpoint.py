@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from aem_synth import __version__
+from train.fit.distributed import place_model
 
 __all__ = [
     "check_same_config",
@@ -162,7 +163,7 @@ def load_model_from_checkpoint(
     data = load_checkpoint(path, map_location="cpu")
     model = build_backbone(data["backbone"], **data["backbone_kwargs"])
     load_weights(model, data["model"], str(path))
-    model.to(device).eval()
+    place_model(model, torch.device(device)).eval()
     meta = {k: v for k, v in data.items() if k not in ("model", "optimizer", "objective", "rng")}
     return model, meta
 

@@ -22,6 +22,7 @@ __all__ = [
     "barrier",
     "cleanup_distributed",
     "init_distributed",
+    "place_model",
     "resolve_device",
     "wrap_model",
 ]
@@ -64,6 +65,22 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     if preference == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def place_model(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """Move ``model`` to ``device``; on CPU its 5-D (convolution) weights also go channels-last.
+
+    oneDNN's channels-last 3-D convolutions are 2-4x faster than the default
+    layout at the few channels of small models (measured at 4-8 channels on
+    32^3 inputs: ``benchmarks/bench_step.py``), and a channels-last weight makes
+    every convolution run channels-last whatever its input's layout.  Values
+    are unchanged; on CUDA the layout is left as it is.
+    """
+    device = torch.device(device)
+    model.to(device)
+    if device.type == "cpu":
+        model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+    return model
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

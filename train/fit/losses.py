@@ -204,9 +204,9 @@ def rfnet_loss(
     modality_mask : Tensor, optional
         ``(B, M)`` bool. When given, an auxiliary prediction counts only for
         samples where its modality is present; pass it when absent modalities'
-        images are zeroed by the loader. ``None`` (RFNet): every modality
-        counts, which assumes complete images with missingness simulated by
-        the mask alone.
+        images are zeroed by the loader. ``None``: every auxiliary prediction
+        the backbone computed counts (``out.aux_mask``; RFNet computes them
+        for the modalities present in the mask of its forward pass only).
     fused_weight : float
         Factor on the fused term (RFNet trains with 0 for its first epochs).
     class_weights : str
@@ -224,7 +224,10 @@ def rfnet_loss(
     fused = segmentation_loss(out.logits, target, w)
     aux = zero
     if out.aux_logits is not None:
-        aux = _aux_loss(out.aux_logits, target, modality_mask, w)
+        computed = out.aux_mask
+        if computed is not None and modality_mask is not None:
+            computed = computed & modality_mask.to(computed.device)
+        aux = _aux_loss(out.aux_logits, target, modality_mask if computed is None else computed, w)
     deep = sum((segmentation_loss(d, target, w) for d in out.deep_logits), zero)
     region = sum((_probability_loss(r, target, w) for r in out.region_maps), zero)
     total = fused_weight * fused + aux + deep + region

@@ -43,6 +43,7 @@ from train.fit.distributed import (
     barrier,
     cleanup_distributed,
     init_distributed,
+    place_model,
 )
 from train.fit.kd import KDObjective, make_teacher
 from train.fit.loop import StagePlan, run_loop
@@ -238,7 +239,7 @@ def _plan(
     store = store_record(cfg.shards, inherited)
     if resumed is not None:
         store = _resumed_store(last, resumed.get("store"), store)
-    model.to(device)
+    place_model(model, device)
     train = _dataset(cfg, stage, info.world_size)
 
     meta = {

@@ -65,8 +65,8 @@ class ModelOutput:
         Fused prediction ``(B, K, X, Y, Z)`` before softmax, ``K`` classes.
     aux_logits : Tensor or None
         Per-modality predictions of the weight-shared auxiliary decoder,
-        ``(B, M, K, X, Y, Z)`` in MODALITIES order; computed for every modality
-        (present or not) in training mode only, ``None`` in eval mode.
+        ``(B, M, K, X, Y, Z)`` in MODALITIES order; computed in training mode
+        only (``None`` in eval mode), for the entries flagged in ``aux_mask``.
     deep_logits : list of Tensor
         Intermediate fused predictions ``(B, K, X_l, Y_l, Z_l)`` at the coarser
         decoder levels, coarsest first (deep supervision); may be empty.
@@ -77,6 +77,10 @@ class ModelOutput:
     features : list of Tensor
         Mask-dependent fused decoder features ``(B, C_l, X_l, Y_l, Z_l)`` at
         every level, coarsest first (knowledge-distillation targets).
+    aux_mask : Tensor or None
+        Bool ``(B, M)``: the entries of ``aux_logits`` that were computed (the
+        modalities present in the mask the output was made for); the others
+        hold zeros and carry no loss. ``None``: every entry was computed.
     """
 
     logits: Tensor
@@ -84,6 +88,7 @@ class ModelOutput:
     deep_logits: list[Tensor] = field(default_factory=list)
     region_maps: list[Tensor] = field(default_factory=list)
     features: list[Tensor] = field(default_factory=list)
+    aux_mask: Tensor | None = None
 
     @property
     def intermediate_predictions(self) -> list[Tensor]:

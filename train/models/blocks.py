@@ -59,6 +59,23 @@ class PointwiseConv3d(nn.Conv3d):
         return out.view(batch, self.out_channels, *x.shape[2:])
 
 
+class InstanceNorm(nn.GroupNorm):
+    """Instance normalisation without affine parameters, as ``GroupNorm`` with one group
+    per channel (about ten times faster than ``InstanceNorm3d`` on CPU).
+
+    The input is made contiguous first: on CPU the convolutions run channels-last
+    (:func:`train.fit.distributed.place_model`), and ``GroupNorm``'s channels-last
+    kernels are several times slower than its contiguous ones at few channels,
+    far more than the copy costs.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, channels, affine=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.contiguous())
+
+
 class ConvNormAct(nn.Sequential):
     """Conv3d (reflect padding, bias) -> instance norm -> LeakyReLU(0.2).
 
@@ -87,7 +104,7 @@ class ConvNormAct(nn.Sequential):
             )
         super().__init__(
             conv,
-            nn.GroupNorm(out_channels, out_channels, affine=False),
+            InstanceNorm(out_channels),
             nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
         )
 

@@ -238,3 +238,46 @@ def test_encoder_output_is_a_plain_record() -> None:
     enc = EncoderOutput(levels=levels)
     assert enc.batch_size == 2
     assert len(enc.per_modality) == 4
+
+
+def _loss_and_grads(
+    model: RFNet, image: torch.Tensor, mask: torch.Tensor, full_encode: bool
+) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+    model.zero_grad(set_to_none=True)
+    out = model.decode(model.encode(image), mask) if full_encode else model(image, mask)
+    target = torch.randint(0, 4, (2, 16, 16, 16), generator=torch.Generator().manual_seed(9))
+    loss, _ = rfnet_loss(out, target, modality_mask=mask)
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        ([True, False, False, False], [False, False, True, False]),  # T1, T2 absent from both
+        ([True, True, False, True], [True, False, False, False]),
+        ([True] * 4, [True] * 4),
+    ],
+)
+def test_training_forward_skips_absent_modalities_with_the_same_loss_and_gradients(
+    rows: tuple[list[bool], list[bool]],
+) -> None:
+    model = _model().train()
+    mask = _mask(*rows)
+    image = _image((2, 4, 16, 16, 16)) * mask[:, :, None, None, None]
+    out = model(image, mask)
+    assert out.aux_mask is not None and torch.equal(out.aux_mask, mask)
+    assert out.aux_logits is not None and out.aux_logits[~mask].eq(0).all()
+    loss, grads = _loss_and_grads(model, image, mask, full_encode=False)
+    full_loss, full_grads = _loss_and_grads(model, image, mask, full_encode=True)
+    torch.testing.assert_close(loss, full_loss, rtol=1e-5, atol=1e-6)
+    assert set(grads) == set(full_grads)
+    for name, grad in grads.items():
+        reference = full_grads[name]
+        # Same gradient or none in both, never a missing one: DDP needs every parameter used.
+        assert grad is not None and reference is not None, name
+        torch.testing.assert_close(grad, reference, rtol=1e-3, atol=1e-5)
+    for m in range(4):
+        if not mask[:, m].any():  # encoded on an empty batch: a zero gradient, as before
+            encoder_grads = [p.grad for p in model.encoders[m].parameters()]
+            assert all(g is not None and not g.any() for g in encoder_grads)

@@ -3,7 +3,8 @@
 One BraTS-size case (a real sample, loaded, normalised and cropped to its
 brain box exactly as ``train predict`` does) is predicted for all 15 modality
 subsets by sliding-window inference with a randomly initialised full-size
-RFNet (``base_channels`` 16), fp32:
+RFNet (``base_channels`` 16; ``--backbone uhved`` / ``robustseg`` with their
+published widths 8 / 16, or ``--base-channels``), fp32:
 
 * ``reuse``    each window batch encoded once, decoded for every subset;
 * ``no-reuse`` 15 independent full forward passes (encode + decode per subset),
@@ -187,6 +188,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--backbone", default="rfnet", choices=("rfnet", "uhved", "robustseg"))
+    ap.add_argument("--base-channels", type=int, default=0, help="0: the published width")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from aem_synth.build.tuning import tune_allocator
@@ -198,11 +201,13 @@ def main() -> None:
     full = load_case(case_dir)
     image = central_block(full, args.window) if args.quick else full
     torch.manual_seed(0)
-    model = build_backbone("rfnet", num_classes=4, base_channels=16).eval()
+    base = args.base_channels or {"rfnet": 16, "uhved": 8, "robustseg": 16}[args.backbone]
+    model = build_backbone(args.backbone, num_classes=4, base_channels=base).eval()
     n_params = sum(p.numel() for p in model.parameters())
     args.flops = count_flops(model, args.window)
     print(
-        f"case {case_dir.name}: cropped brain box {tuple(full.shape[1:])}; RFNet base 16, "
+        f"case {case_dir.name}: cropped brain box {tuple(full.shape[1:])}; {args.backbone} "
+        f"base {base}, "
         f"{n_params / 1e6:.2f} M parameters, random init; torch {torch.__version__}, "
         f"{args.threads} CPU thread(s); mode {'--quick' if args.quick else 'full case'}; "
         f"allocator tuning {'on' if tuned else 'off'}"

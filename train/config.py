@@ -51,11 +51,12 @@ class ModelConfig:
     Attributes
     ----------
     backbone : str
-        Registry name (``"rfnet"`` by default).
+        Registry name: ``"rfnet"`` (default), ``"uhved"`` or ``"robustseg"``.
     num_classes : int
         Output classes including background (4: bg, NCR/NET, ED, ET).
     base_channels : int
-        Channels of the first encoder level (RFNet: 16 -> 16/32/64/128).
+        Channels of the first encoder level (RFNet: 16 -> 16/32/64/128; the
+        published widths are 16 for RFNet and RobustSeg, 8 for U-HVED).
     """
 
     backbone: str = "rfnet"
@@ -102,9 +103,22 @@ class LossConfig:
         Cross-entropy class weighting (``train.fit.losses.CLASS_WEIGHTINGS``):
         ``"rfnet"`` (``1 - frequency`` per sample, the paper's), ``"none"``
         (plain cross-entropy) or ``"sqrt"`` (inverse square-root batch frequency).
+    kl_weight : float
+        Weight of the backbone's KL term (``ModelOutput.aux_losses["kl"]``):
+        U-HVED's fused posteriors, RobustSeg's appearance codes; 0.1 as both
+        publish. RFNet has no such term.
+    recon_weight : float
+        Weight of the backbone's image-reconstruction term (``"recon"``):
+        U-HVED (squared error), RobustSeg (L1); 0.1 as both publish.
     """
 
     class_weights: str = "sqrt"
+    kl_weight: float = 0.1
+    recon_weight: float = 0.1
+
+    def aux_weights(self) -> dict[str, float]:
+        """Weights of the backbones' own loss terms by name (``train.fit.losses.rfnet_loss``)."""
+        return {"kl": self.kl_weight, "recon": self.recon_weight}
 
 
 @dataclass(frozen=True)
@@ -312,6 +326,11 @@ def _check(cfg: Config) -> None:
             cfg.loss.class_weights in CLASS_WEIGHTINGS,
             f"loss.class_weights must be one of {list(CLASS_WEIGHTINGS)}, "
             f"got {cfg.loss.class_weights!r}",
+        ),
+        (cfg.loss.kl_weight >= 0, f"loss.kl_weight must be >= 0, got {cfg.loss.kl_weight}"),
+        (
+            cfg.loss.recon_weight >= 0,
+            f"loss.recon_weight must be >= 0, got {cfg.loss.recon_weight}",
         ),
         (
             cfg.model.num_classes >= 2,

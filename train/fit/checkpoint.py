@@ -19,6 +19,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,17 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     ]
 
 
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` read by today's config schema: keys added since it was written take their
+    defaults (so a run from before ``loss.kl_weight`` existed resumes as the same config)."""
+    from train.config import config_from_dict, config_to_dict
+
+    try:
+        return config_to_dict(config_from_dict(copy.deepcopy(saved)))
+    except (ValueError, TypeError, KeyError):
+        return saved  # not readable today: compare as recorded, every difference shows
+
+
 def check_same_config(path: Path | str, saved: Any, current: dict[str, Any]) -> None:
     """Raise :class:`CheckpointError` when ``path`` was written under another config.
 
@@ -203,7 +215,7 @@ def check_same_config(path: Path | str, saved: Any, current: dict[str, Any]) -> 
     """
     if not isinstance(saved, dict):
         return  # checkpoints of other tools record no config to compare
-    diffs = config_differences(saved, current)
+    diffs = config_differences(_with_defaults(saved), current)
     if diffs:
         shown = "; ".join(diffs[:10]) + (f"; ... ({len(diffs)} in all)" if len(diffs) > 10 else "")
         raise CheckpointError(

@@ -4,8 +4,10 @@ A frozen teacher (``eval`` mode, no gradients) sees a modality set ``S`` with
 ``|S| >= 2``, drawn per sample among the 11 such subsets; the student (the
 model being trained, initialised from the same weights) sees ``S`` minus one
 randomly chosen modality.  The KD loss is the MSE between the teacher's and
-the student's *mask-dependent* fused decoder features at every level plus the
-MSE between their intermediate and final predictions; the total loss is
+the student's *mask-dependent* fused features at every level (``ModelOutput.features``:
+RFNet's fused decoder features, U-HVED's fused posterior means and log-variances,
+RobustSeg's fused content codes) plus the MSE between their intermediate and final
+predictions; the total loss is
 ``L_post = L_seg + kd_weight * L_kd``.  After every ``k``-th epoch the
 teacher is replaced by the current student.
 
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from train.data.subsets import ALL_SUBSETS
-from train.fit.objectives import SegLoss
+from train.fit.objectives import SegLoss, forward_kwargs
 
 __all__ = [
     "TEACHER_SUBSETS",
@@ -43,10 +45,15 @@ TEACHER_SUBSETS: tuple[tuple[bool, bool, bool, bool], ...] = tuple(
 )
 
 
-class _Outputs(Protocol):
-    logits: Tensor
-    deep_logits: Sequence[Tensor]
-    features: Sequence[Tensor]
+class _Outputs(Protocol):  # read-only members: ModelOutput is a frozen dataclass
+    @property
+    def logits(self) -> Tensor: ...
+
+    @property
+    def deep_logits(self) -> Sequence[Tensor]: ...
+
+    @property
+    def features(self) -> Sequence[Tensor]: ...
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -212,7 +219,9 @@ class KDObjective:
         mask_s = drop_one_modality(mask_t, generator)
         with torch.no_grad():
             out_t = self.teacher(image * mask_t[:, :, None, None, None], mask_t)
-        out_s = model(image * mask_s[:, :, None, None, None], mask_s)
+        out_s = model(
+            image * mask_s[:, :, None, None, None], mask_s, **forward_kwargs(model, generator)
+        )
         seg, parts = self.seg_loss(out_s, label, modality_mask=mask_s)
         kd, kd_parts = kd_loss(out_t, out_s)
         seg_parts = {k: v for k, v in parts.items() if k != "total"}

@@ -1,4 +1,4 @@
-"""Segmentation losses: weighted cross-entropy + soft Dice, and RFNet's total loss.
+"""Segmentation losses: weighted cross-entropy + soft Dice, and a backbone's total loss.
 
 Shapes: ``logits`` ``(B, K, X, Y, Z)`` (any float dtype; every loss is
 computed in float32, so the functions are safe under bf16 autocast),
@@ -12,6 +12,8 @@ aligned and is far cheaper than upsampling the prediction.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -184,8 +186,10 @@ def rfnet_loss(
     modality_mask: Tensor | None = None,
     fused_weight: float = 1.0,
     class_weights: str = "rfnet",
+    aux_weights: Mapping[str, float] | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Total RFNet loss: fused + auxiliary + deep supervision + region maps.
+    """Total loss of a backbone's output: fused + auxiliary + deep supervision + region maps
+    (RFNet's terms) + the backbone's own weighted terms (U-HVED, RobustSeg).
 
     Every term is ``segmentation_loss`` (weighted CE + soft Dice) against
     ``target`` at the term's own resolution (strided): ``fused`` on
@@ -193,7 +197,8 @@ def rfnet_loss(
     (when present); ``deep`` summed over ``out.deep_logits``; ``region``
     summed over ``out.region_maps`` (probabilities; the region masks of the
     target, i.e. its one-hot classes, as RFNet's PRM loss). Terms an output
-    lacks are 0.
+    lacks are 0. Each term of ``out.aux_losses`` (e.g. ``kl``, ``recon``; none
+    for RFNet) is added times its weight in ``aux_weights``.
 
     Parameters
     ----------
@@ -211,13 +216,23 @@ def rfnet_loss(
         Factor on the fused term (RFNet trains with 0 for its first epochs).
     class_weights : str
         Cross-entropy class weighting of every term, one of :data:`CLASS_WEIGHTINGS`.
+    aux_weights : mapping of str to float, optional
+        Weight of each backbone term by name (the ``[loss]`` config's
+        ``kl_weight`` and ``recon_weight``); required when ``out.aux_losses``
+        is not empty.
 
     Returns
     -------
     loss : Tensor
         Scalar float32 total, differentiable.
     parts : dict of str to float
-        ``fused``, ``aux``, ``deep``, ``region`` and ``total`` for logging.
+        ``fused``, ``aux``, ``deep``, ``region``, the backbone's own terms
+        (unweighted) and ``total`` for logging.
+
+    Raises
+    ------
+    ValueError
+        ``out.aux_losses`` has a term without a weight in ``aux_weights``.
     """
     zero = out.logits.new_zeros((), dtype=torch.float32)
     w = class_weights
@@ -231,8 +246,22 @@ def rfnet_loss(
     deep = sum((segmentation_loss(d, target, w) for d in out.deep_logits), zero)
     region = sum((_probability_loss(r, target, w) for r in out.region_maps), zero)
     total = fused_weight * fused + aux + deep + region
-    parts = {"fused": fused, "aux": aux, "deep": deep, "region": region, "total": total}
+    parts = {"fused": fused, "aux": aux, "deep": deep, "region": region}
+    if out.aux_losses:
+        total = total + _weighted_sum(out.aux_losses, aux_weights or {})
+        parts |= out.aux_losses
+    parts["total"] = total
     return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def _weighted_sum(terms: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:
+    missing = sorted(set(terms) - set(weights))
+    if missing:
+        raise ValueError(
+            f"the backbone's loss term(s) {missing} have no weight; "
+            f"weights given for {sorted(weights)} (the [loss] config's kl_weight, recon_weight)"
+        )
+    return torch.stack([weights[k] * v.float() for k, v in terms.items()]).sum()
 
 
 def _aux_loss(

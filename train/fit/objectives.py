@@ -14,10 +14,18 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Objective", "SegLoss", "SegObjective"]
+__all__ = ["Objective", "SegLoss", "SegObjective", "forward_kwargs"]
 
 SegLoss = Callable[..., tuple[Tensor, dict[str, Any]]]
 """``seg_loss(output, target, modality_mask=mask) -> (loss, parts)`` (``train.fit.losses.rfnet_loss``)."""
+
+
+def forward_kwargs(model: nn.Module, generator: torch.Generator) -> dict[str, Any]:
+    """Extra keyword arguments of a training forward: ``{"generator": generator}`` for a
+    backbone whose training forward samples (``samples_noise``, e.g. U-HVED), so its noise
+    comes from the loop's checkpointed generator; ``{}`` for the others (RFNet)."""
+    inner = getattr(model, "module", model)  # DDP wraps the backbone
+    return {"generator": generator} if getattr(inner, "samples_noise", False) else {}
 
 
 class Objective(Protocol):
@@ -43,7 +51,7 @@ class SegObjective:
     def __call__(
         self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        out = model(batch["image"], batch["mask"])
+        out = model(batch["image"], batch["mask"], **forward_kwargs(model, generator))
         loss, parts = self.seg_loss(out, batch["label"], modality_mask=batch["mask"])
         return loss, {k: v for k, v in parts.items() if k != "total"}
 

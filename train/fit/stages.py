@@ -146,7 +146,9 @@ def _objective(cfg: Config, stage: str, model: nn.Module) -> Objective:
     from train.fit.losses import rfnet_loss
 
     sc = cfg.stage_config(stage)
-    seg_loss = functools.partial(rfnet_loss, class_weights=cfg.loss.class_weights)
+    seg_loss = functools.partial(
+        rfnet_loss, class_weights=cfg.loss.class_weights, aux_weights=cfg.loss.aux_weights()
+    )
     if stage == "posttrain":
         return KDObjective(make_teacher(model), seg_loss, sc.kd_weight, sc.kd_refresh_every)
     return SegObjective(seg_loss)
@@ -213,8 +215,8 @@ def _resumed_store(last: Path, saved: Any, current: dict[str, Any]) -> dict[str,
     if saved.get("id") and current["id"] and saved["id"] != current["id"]:
         raise CheckpointError(
             f"{last}: this stage started on store {saved['id']} ({saved.get('path')}), but "
-            f"{current['path']} now holds store {current['id']} (rebuilt with other options or "
-            "splits); run the stage again with --force to start over on this store"
+            f"{current['path']} now holds store {current['id']} (rebuilt with other options, "
+            "splits or shards); run the stage again with --force to start over on this store"
         )
     return {
         **current,

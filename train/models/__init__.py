@@ -16,6 +16,8 @@ from torch import nn
 
 from train.models.base import Backbone, EncoderOutput, ModelOutput
 from train.models.rfnet import RFNet
+from train.models.robustseg import RobustSeg
+from train.models.uhved import UHVED
 
 __all__ = [
     "BACKBONES",
@@ -23,14 +25,20 @@ __all__ = [
     "EncoderOutput",
     "ModelOutput",
     "RFNet",
+    "RobustSeg",
+    "UHVED",
     "build_backbone",
     "count_parameters",
 ]
 
 BACKBONES: dict[str, type[Backbone] | Callable[..., Backbone]] = {
     "rfnet": RFNet,
+    "uhved": UHVED,
+    "robustseg": RobustSeg,
 }
-"""Registered backbones; the default is ``"rfnet"``."""
+"""Registered backbones; the default is ``"rfnet"``.  ``uhved`` (Dorent et al., MICCAI 2019)
+and ``robustseg`` (Chen et al., MICCAI 2019) add their own training losses
+(``ModelOutput.aux_losses``, weighted by ``loss.kl_weight`` / ``loss.recon_weight``)."""
 
 
 def build_backbone(name: str, **kwargs: Any) -> Backbone:

@@ -77,6 +77,12 @@ class ModelOutput:
     features : list of Tensor
         Mask-dependent fused decoder features ``(B, C_l, X_l, Y_l, Z_l)`` at
         every level, coarsest first (knowledge-distillation targets).
+    aux_losses : dict of str to Tensor
+        The backbone's own auxiliary loss terms, unweighted scalar float32
+        tensors (e.g. U-HVED's ``"kl"`` and ``"recon"``), computed by
+        ``forward`` in training mode only; the segmentation objective weights
+        them by the ``[loss]`` config and logs each as a part. Empty for
+        RFNet and in eval mode.
     aux_mask : Tensor or None
         Bool ``(B, M)``: the entries of ``aux_logits`` that were computed (the
         modalities present in the mask the output was made for); the others
@@ -88,6 +94,7 @@ class ModelOutput:
     deep_logits: list[Tensor] = field(default_factory=list)
     region_maps: list[Tensor] = field(default_factory=list)
     features: list[Tensor] = field(default_factory=list)
+    aux_losses: dict[str, Tensor] = field(default_factory=dict)
     aux_mask: Tensor | None = None
 
     @property

@@ -104,3 +104,18 @@ def test_non_finite_weights_are_rejected_on_load(tmp_path: Path, bad: float) -> 
     path = save_checkpoint(tmp_path / "final.pt", payload)
     with pytest.raises(CheckpointError, match=rf"hold NaN or Inf values \({name}\)"):
         load_model_from_checkpoint(path, "cpu")
+
+
+def test_a_config_written_before_new_keys_existed_counts_as_their_defaults() -> None:
+    import tomllib
+
+    from train.config import config_from_dict, config_to_dict
+    from train.fit.checkpoint import CheckpointError, check_same_config
+
+    with open(Path(__file__).parents[3] / "pipelines" / "demo.toml", "rb") as fh:
+        current = config_to_dict(config_from_dict(tomllib.load(fh)))
+    older = {**current, "loss": {"class_weights": current["loss"]["class_weights"]}}
+    check_same_config("last.pt", older, current)  # kl_weight / recon_weight: their defaults
+    changed = {**current, "loss": {**current["loss"], "kl_weight": 0.5}}
+    with pytest.raises(CheckpointError, match=r"loss.kl_weight: 0.5 -> 0.1"):
+        check_same_config("last.pt", changed, current)

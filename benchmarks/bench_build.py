@@ -19,6 +19,14 @@ Parts (``--part``):
 ``rss``
     Peak RSS per worker (``ru_maxrss`` of each worker process) for builds of
     ``--rss-cases`` cases (default 12 and 24): it must not grow with the set.
+``brats-scale``
+    BraTS2020 scale: ``--cases`` (use 369) BraTS-size phantoms, generated once
+    into ``--tmp`` outside the timing, built with ``--workers`` (2) and
+    ``--multiplier`` 4 on an embedded cluster: wall time, the case / shard
+    phase split, samples, bytes, peak RSS per worker; then per-case and
+    per-sample costs in worker-seconds and the projected wall time of a
+    BraTS 2021 build (1,251 cases, ``--project-multiplier`` 8) on 2, 16 and 64
+    workers, assuming the same per-worker costs (no storage or scheduler limit).
 
 Heavy on a small machine: ``scaling`` and ``rss`` at BraTS size take many
 minutes.  Run: ``.venv/bin/python benchmarks/bench_build.py --part storage``.
@@ -268,9 +276,57 @@ def part_rss(tmp: Path, args: argparse.Namespace) -> None:
         print(f"[rss] {n} cases: peak RSS per worker {', '.join(f'{p:.0f}' for p in peaks)} MB")
 
 
+def part_brats_scale(tmp: Path, args: argparse.Namespace) -> None:
+    from distributed import Client
+
+    t0 = time.perf_counter()
+    root = phantoms(tmp, args.cases, args.shape)
+    print(
+        f"[brats-scale] {args.cases} phantoms at {args.shape}: ready in {time.perf_counter() - t0:.0f} s (not timed)"
+    )
+    out = tmp / "brats-scale"
+    shutil.rmtree(out, ignore_errors=True)
+    with local_cluster(args.workers) as cluster, Client(cluster) as client:
+        summary = _timed_build(
+            root, out, args.workers, args.multiplier, scheduler=cluster.scheduler_address
+        )
+        peaks = sorted(client.run(_peak_rss_mb).values())
+    cases = summary.real_samples
+    w = args.workers
+    print(
+        f"[brats-scale] {w} workers, multiplier {args.multiplier}: {summary.samples} samples "
+        f"({summary.synthetic_samples} synthetic + {cases} real) in {summary.wall_seconds:.1f} s "
+        f"= {summary.wall_seconds / 60:.0f}m{summary.wall_seconds % 60:02.0f}s (target <= 300 s)"
+    )
+    print(
+        f"[brats-scale]   case phase {summary.prepare_seconds:.1f} s "
+        f"({summary.prepare_seconds / summary.wall_seconds:.0%}), shard phase "
+        f"{summary.shard_seconds:.1f} s; {summary.bytes / 2**30:.2f} GiB in {summary.shards} "
+        f"shards; peak RSS per worker {', '.join(f'{p:.0f}' for p in peaks)} MB"
+    )
+    per_case = summary.prepare_seconds * w / cases
+    per_sample = summary.shard_seconds * w / summary.samples
+    rest = summary.wall_seconds - summary.prepare_seconds - summary.shard_seconds
+    print(
+        f"[brats-scale]   per worker: {per_case:.2f} s per case, {per_sample:.3f} s per "
+        f"sample; {rest:.1f} s outside the two phases"
+    )
+    n_cases = 1251
+    train = round(n_cases * summary.synthetic_samples / args.multiplier / cases)
+    samples = n_cases + train * args.project_multiplier
+    for workers in (2, 16, 64):
+        est = (n_cases * per_case + samples * per_sample) / workers + rest
+        print(
+            f"[brats-scale]   projected BraTS 2021 x{args.project_multiplier} ({n_cases} cases, "
+            f"~{samples} samples): {workers:2d} workers ~ {est / 60:.1f} min"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["floor", "scaling", "storage", "rss"], required=True)
+    parser.add_argument(
+        "--part", choices=["floor", "scaling", "storage", "rss", "brats-scale"], required=True
+    )
     parser.add_argument("--cases", type=int, default=24)
     parser.add_argument(
         "--shape", type=lambda s: tuple(int(v) for v in s.split(",")), default=(240, 240, 155)
@@ -286,14 +342,21 @@ def main() -> None:
         help="scaling: time the whole command and/or builds on a running cluster",
     )
     parser.add_argument("--rss-cases", type=int, nargs="+", default=[12, 24])
+    parser.add_argument("--workers", type=int, default=2, help="brats-scale: build workers")
+    parser.add_argument("--project-multiplier", type=int, default=8)
     parser.add_argument("--tmp", type=Path, default=None, help="Scratch folder (default: temp)")
     args = parser.parse_args()
     tmp = args.tmp or Path(tempfile.mkdtemp(prefix="bench_build_"))
     tmp.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    {"floor": part_floor, "scaling": part_scaling, "storage": part_storage, "rss": part_rss}[
-        args.part
-    ](tmp, args)
+    parts = {
+        "floor": part_floor,
+        "scaling": part_scaling,
+        "storage": part_storage,
+        "rss": part_rss,
+        "brats-scale": part_brats_scale,
+    }
+    parts[args.part](tmp, args)
     print(f"[{args.part}] done in {time.perf_counter() - t0:.0f} s (scratch: {tmp})")
 
 

@@ -438,7 +438,7 @@ def evaluate(
         (warn or log.warning)(note)
     stores = describe_stores(meta, shards)
     for line in stores:
-        log.info(line)
+        log.debug(line)  # the CLI prints them; scripts read result.stores
     out = Path(out_dir) if out_dir is not None else checkpoint.parent / f"eval-{split}"
     meta_doc = {"path": str(checkpoint), **(meta if isinstance(meta, dict) else {"meta": meta})}
     result = evaluate_model(model, shards, split, out, opts, meta=meta_doc, progress=progress)

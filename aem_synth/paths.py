@@ -11,12 +11,14 @@ instead of with a traceback after minutes of work.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 
 from aem_synth.errors import OutputPathError
 
-__all__ = ["LABEL_SUFFIXES", "prepare_output_dir", "prepare_output_file"]
+__all__ = ["LABEL_SUFFIXES", "prepare_output_dir", "prepare_output_file", "temp_sibling"]
 
 LABEL_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 """Label-map file types ``write_label_like`` writes (NIfTI; ITK formats via SimpleITK)."""
@@ -72,3 +74,15 @@ def _check_not_under_a_file(path: Path, what: str) -> None:
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():
             raise OutputPathError(f"{what} {path} lies under {parent}, which is a file")
+
+
+def temp_sibling(path: Path) -> Path:
+    """The hidden temporary name a writer of ``path`` uses before renaming it into place.
+
+    ``.<name>.tmp-<pid>-<host>``: workers of a cluster share the output folder, and
+    processes on different hosts (containers especially) can have the same pid, so a
+    worker wrongly declared dead and the worker rerunning its task never write one file.
+    Build clean-ups match ``.*.tmp-*``.
+    """
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{host}")

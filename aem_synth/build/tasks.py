@@ -32,6 +32,7 @@ import numpy as np
 
 from aem_synth.build.tuning import worker_task
 from aem_synth.errors import CaseError
+from aem_synth.paths import temp_sibling
 from aem_synth.store.cache import CachedCase, CaseSummary, read_case, read_summary, write_case
 from aem_synth.store.shards import (
     DEFAULT_CHUNK,
@@ -358,7 +359,7 @@ def run_shard(spec: ShardSpec, root: str, work_dir: str) -> ShardInfo:
             chunk=spec.chunk,
         )
     record = done_path(out, spec.file)
-    tmp = record.with_name(f".{record.name}.tmp-{os.getpid()}")
+    tmp = temp_sibling(record)
     tmp.write_text(json.dumps({**info.to_dict(), "fingerprint": spec.fingerprint}, sort_keys=True))
     os.replace(tmp, record)
     return info

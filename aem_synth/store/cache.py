@@ -31,6 +31,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+from aem_synth.paths import temp_sibling
 from aem_synth.types import BoolArray, Box, FloatArray, LabelArray
 
 __all__ = ["CachedCase", "CaseSummary", "cache_paths", "read_case", "read_summary", "write_case"]
@@ -158,7 +159,7 @@ def write_case(
     work_dir.mkdir(parents=True, exist_ok=True)
     path, meta_path = cache_paths(work_dir, summary.case_id)
     sl = _slices(summary.box)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_sibling(path)
     comp = dict(hdf5plugin.Blosc2(cname="lz4", clevel=1, filters=hdf5plugin.Blosc2.SHUFFLE))
     try:
         with h5py.File(tmp, "w") as f:
@@ -170,7 +171,7 @@ def write_case(
     finally:
         if tmp.exists():
             tmp.unlink()
-    meta_tmp = meta_path.with_name(f".{meta_path.name}.tmp-{os.getpid()}")
+    meta_tmp = temp_sibling(meta_path)
     meta_tmp.write_text(json.dumps(summary.to_dict(), sort_keys=True))
     os.replace(meta_tmp, meta_path)
     return path

@@ -47,6 +47,7 @@ import numpy.typing as npt
 
 from aem_synth import __version__
 from aem_synth.errors import ShardError
+from aem_synth.paths import temp_sibling
 from aem_synth.store.lock import StoreBusyError, build_in_progress
 from aem_synth.types import FloatArray, LabelArray
 
@@ -238,7 +239,7 @@ def write_shard(
         their cost, ``benchmarks/bench_checksums.py``).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_sibling(path)
     comp = _codec_kwargs(codec)
     ids: list[str] = []
     try:

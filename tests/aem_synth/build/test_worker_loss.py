@@ -22,7 +22,7 @@ without writing it again, and the build releases each result once gathered,
 so Dask does not rerun those at all.  The per-case intermediates are in
 ``OUT/.work``, not in the worker's local directory, so nothing of the case
 phase is lost.  The dead writer's temporary file
-(``.aem-0000k.h5.tmp-<pid>``) cannot collide with the rerun (another pid) and
+(``.aem-0000k.h5.tmp-<pid>-<host>``) cannot collide with the rerun (another pid or host) and
 is removed at the end of the build.
 """
 
@@ -262,7 +262,7 @@ def _kill_mid_shard(
 ) -> Kill:
     """SIGKILL a worker that has finished a shard and has just started writing another.
 
-    The temporary files (``.<shard>.tmp-<pid>``) say which worker writes what;
+    The temporary files (``.<shard>.tmp-<pid>-<host>``) say which worker writes what;
     one that disappears with its shard in place was finished by that worker.
     """
     from distributed import Client

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from aem_synth import __version__
+from train.config import config_from_dict, config_to_dict
 from train.fit.distributed import place_model
 
 __all__ = [
@@ -164,7 +165,7 @@ def load_model_from_checkpoint(
     data = load_checkpoint(path, map_location="cpu")
     model = build_backbone(data["backbone"], **data["backbone_kwargs"])
     load_weights(model, data["model"], str(path))
-    place_model(model, torch.device(device)).eval()
+    place_model(model, device).eval()
     meta = {k: v for k, v in data.items() if k not in ("model", "optimizer", "objective", "rng")}
     return model, meta
 
@@ -200,8 +201,6 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
 def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     """``saved`` read by today's config schema: keys added since it was written take their
     defaults (so a run from before ``loss.kl_weight`` existed resumes as the same config)."""
-    from train.config import config_from_dict, config_to_dict
-
     try:
         return config_to_dict(config_from_dict(copy.deepcopy(saved)))
     except (ValueError, TypeError, KeyError):

@@ -159,12 +159,20 @@ def prepare_case(record: CaseRecord, work_dir: str, key: str) -> CaseSummary | C
 
 def _prepare(record: CaseRecord, work: Path, key: str) -> CaseSummary:
     from aem_synth.dataset.load import load_case
-    from aem_synth.dataset.preprocess import bounding_box, brain_mask, normalise
+    from aem_synth.dataset.preprocess import bounding_box, brain_mask, crop, normalise
     from aem_synth.synthesis.calibrate import calibrate
 
     loaded = load_case(record, require_label=True)
-    head = brain_mask(loaded.image, loaded.present, loaded.background)
-    image, mask, stats = normalise(loaded.image, loaded.present, head, case_id=record.case_id)
+    mask = np.ascontiguousarray(brain_mask(loaded.image, loaded.present, loaded.background))
+    if not mask.any():
+        raise CaseError(
+            record.case_id, "brain mask is empty (every present modality equals its background)"
+        )
+    box = bounding_box(mask)
+    # Only the brain box is z-scored and stored: the image is exactly 0 outside it.
+    image, mask_box, stats = normalise(
+        crop(loaded.image, box), loaded.present, crop(mask, box), case_id=record.case_id
+    )
     label = loaded.label if loaded.label is not None else np.zeros(mask.shape, np.uint8)
     geo = loaded.geometry
     summary = CaseSummary(
@@ -172,7 +180,7 @@ def _prepare(record: CaseRecord, work: Path, key: str) -> CaseSummary:
         layout=record.layout,
         source_key=key,
         full_shape=tuple(int(s) for s in mask.shape),  # type: ignore[arg-type]
-        box=tuple((int(a), int(b)) for a, b in bounding_box(mask)),  # type: ignore[arg-type]
+        box=tuple((int(a), int(b)) for a, b in box),  # type: ignore[arg-type]
         spacing=tuple(float(s) for s in geo.spacing),  # type: ignore[arg-type]
         present=tuple(bool(p) for p in loaded.present),  # type: ignore[arg-type]
         has_tumour=bool((label > 0).any()),
@@ -188,7 +196,7 @@ def _prepare(record: CaseRecord, work: Path, key: str) -> CaseSummary:
         calibration=jsonable(calibrate(mask, geo.spacing, case_id=record.case_id).to_dict()),
         problems=tuple(record.problems),
     )
-    write_case(work, summary, image.astype(np.float32, copy=False), label, mask)
+    write_case(work, summary, image, crop(label, box), mask_box)
     return summary
 
 

@@ -20,11 +20,12 @@ with the number of tasks run (518 -> 557-595 MB from 12 to 36 cases; flat with
 the trim). It is a no-op where the C library has no ``mallopt``
 (macOS, musl) and when ``AEM_MALLOC_TUNING=0`` is set.
 
-* **Codec threads** (:func:`single_thread_codecs`). c-blosc2, which writes the
-  build's per-case intermediate files, starts a thread per core for every
-  chunk by default. In a build worker that already has a core of its own
-  this made writing a 240x240x155 case 3x slower (0.37 s against 0.12 s) and
-  two workers slowed each other down further (0.63 s each). Build workers
+* **Codec threads** (:func:`single_thread_codecs`). c-blosc2, which wrote the
+  build's per-case intermediate files before they moved to c-blosc, starts a
+  thread per core for every chunk by default. In a build worker that already
+  has a core of its own this made writing a 240x240x155 case 3x slower (0.37 s
+  against 0.12 s) and two workers slowed each other down further (0.63 s
+  each); c-blosc and c-blosc2 both read the same variable. Build workers
   and DataLoader workers therefore run Blosc single-threaded
   (``BLOSC_NTHREADS=1`` unless the user set it), which c-blosc reads at
   every call.

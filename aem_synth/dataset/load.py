@@ -13,15 +13,15 @@ Intensity rules: NaN/Inf values and all-zero modalities are rejected
 
 from __future__ import annotations
 
-import gzip
 import os
 import zlib
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
+from isal import igzip, isal_zlib
 from nibabel import orientations as nio
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
@@ -35,6 +35,7 @@ from aem_synth.types import MODALITIES, CaseRecord, FloatArray, Geometry, Loaded
 __all__ = [
     "AFFINE_TOL_MM",
     "affine_from_itk",
+    "gunzip",
     "itk_from_affine",
     "load_case",
     "load_volume",
@@ -47,6 +48,8 @@ AFFINE_TOL_MM = 1e-3
 _NIFTI2_SIZEOF_HDR_LE = (540).to_bytes(4, "little")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 _RAS = nio.axcodes2ornt(("R", "A", "S"))
+# isal's stubs declare its error class as an instance of Exception.
+_ISAL_ERROR = cast(type[Exception], isal_zlib.error)
 _READ_ERRORS = (
     OSError,
     EOFError,
@@ -311,10 +314,23 @@ def _check_finite(data: np.ndarray, case_id: str, path: Path | str) -> None:
             raise CaseError(case_id, f"{path}: {int(bad.sum())} NaN/Inf intensities")
 
 
+def gunzip(data: bytes) -> bytes:
+    """Decompress a whole gzip member (a ``.nii.gz`` file's bytes).
+
+    One-shot ISA-L decompression: ~4x faster than :func:`gzip.decompress` on
+    BraTS volumes, and faster than nibabel's chunked gzip stream.  Corrupt data
+    raises :class:`zlib.error` (or ``EOFError`` / ``gzip.BadGzipFile``), as
+    the standard library does, so callers catch one set of errors.
+    """
+    try:
+        return igzip.decompress(data)
+    except _ISAL_ERROR as exc:
+        raise zlib.error(str(exc)) from exc
+
+
 def _read_nifti(path: Path) -> tuple[np.ndarray, npt.NDArray[np.float64]]:
     if path.name.lower().endswith(".gz"):
-        # One-shot decompression: faster than nibabel's chunked gzip stream.
-        raw = gzip.decompress(path.read_bytes())
+        raw = gunzip(path.read_bytes())
         nifti2 = raw[:4] in (_NIFTI2_SIZEOF_HDR_LE, _NIFTI2_SIZEOF_HDR_LE[::-1])
         img: Any = (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(raw)
     else:

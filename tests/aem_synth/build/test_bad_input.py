@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import re
 import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 
 from aem_synth.cli import main as aem_cli
 from aem_synth.dataset.discover import discover, discover_case
-from aem_synth.dataset.load import load_case, load_volume
+from aem_synth.dataset.load import gunzip, load_case, load_volume
 from aem_synth.errors import CaseError, DatasetError, OutputPathError
 from aem_synth.paths import prepare_output_dir
 from aem_synth.types import MODALITIES
@@ -197,6 +198,29 @@ def test_garbage_gzip_names_the_file(tmp_path: Path) -> None:
     path.write_bytes(b"\x1f\x8b\x08\x00 this is not a gzip stream" * 4)
     with pytest.raises(CaseError, match=rf"cannot read {re.escape(str(path))}"):
         load_case(discover_case(case))
+
+
+def test_corrupt_deflate_block_names_the_file(tmp_path: Path) -> None:
+    case = write_case(tmp_path)
+    big = np.random.default_rng(1).uniform(1, 2, size=(40, 40, 40)).astype(np.float32)
+    path = replace(case, "t2", big)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # zeroed bytes inside the stream
+    path.write_bytes(bytes(data))
+    with pytest.raises(CaseError, match=rf"Brats18_x: cannot read {re.escape(str(path))}"):
+        load_case(discover_case(case))
+
+
+def test_gunzip_equals_the_standard_library_and_raises_its_errors() -> None:
+    payload = np.random.default_rng(2).integers(0, 50, 200_000, dtype=np.int16).tobytes()
+    two_members = gzip.compress(payload) + gzip.compress(payload[:1000])
+    assert gunzip(two_members) == gzip.decompress(two_members)
+    broken = bytearray(gzip.compress(payload))
+    broken[len(broken) // 2 : len(broken) // 2 + 64] = bytes(64)
+    with pytest.raises((zlib.error, OSError, EOFError)):
+        gunzip(bytes(broken))
+    with pytest.raises(EOFError):
+        gunzip(gzip.compress(payload)[:-100])
 
 
 def test_gzip_of_non_nifti_names_the_file(tmp_path: Path) -> None:

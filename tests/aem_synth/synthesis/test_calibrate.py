@@ -113,3 +113,23 @@ def test_search_cost_follows_the_grid_size() -> None:
     sizes = [(32, 32, 20), SHAPE, (128, 128, 80), (240, 240, 155)]
     points = [_max_points(s) for s in sizes]
     assert points == sorted(points) and points[0] < points[-1]
+
+
+@pytest.mark.parametrize("factor", [1, 2, 4])
+def test_occupancy_equals_the_block_mean_of_the_padded_mask(factor: int) -> None:
+    from aem_synth.synthesis.calibrate import _occupancy
+
+    rng = np.random.default_rng(factor)
+    for _ in range(40):
+        shape = tuple(int(n) for n in rng.integers(1, 23, 3))
+        mask = np.zeros(shape, dtype=bool)
+        box = tuple(slice(int(rng.integers(0, n)), int(rng.integers(0, n)) + 1) for n in shape)
+        mask[box] = rng.random(mask[box].shape) < 0.8
+        pad = [(0, (-n) % factor) for n in shape]
+        padded = np.pad(mask, pad).astype(np.float32)
+        x, y, z = (n // factor for n in padded.shape)
+        expected = padded.reshape(x, factor, y, factor, z, factor).mean(axis=(1, 3, 5))
+        found = _occupancy(mask, factor)
+        assert found.dtype == np.float32
+        np.testing.assert_array_equal(found, expected)
+    assert not _occupancy(np.zeros((5, 6, 7), bool), factor).any()

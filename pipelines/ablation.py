@@ -94,7 +94,8 @@ PROFILES: dict[str, Profile] = {
         base_channels=4,
     ),
     "gpu": Profile(
-        shape=(128, 128, 96),
+        # Brain boxes of 128x128x96 phantoms are 70-77 voxels along x: too small for 80^3.
+        shape=(160, 160, 128),
         n_train=8,
         n_val=4,
         n_test=24,

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 
-from pipelines.ablation import BASE_ARMS, main, paired_difference
+from aem_synth.dataset.preprocess import bounding_box
+from aem_synth.phantom.generator import make_phantom_case
+from pipelines.ablation import BASE_ARMS, PROFILES, main, paired_difference
 
 
 def test_smoke_profile_writes_results_summary_and_plot(tmp_path: Path) -> None:
@@ -48,3 +50,12 @@ def test_paired_difference_interval_contains_the_mean() -> None:
     for r in ("WT", "TC", "ET"):
         assert abs(out[r]["mean"] - 0.1) < 1e-9
         assert out[r]["ci_low"] <= out[r]["mean"] <= out[r]["ci_high"] and out[r]["cases"] == 10
+
+
+def test_every_profile_crop_fits_its_phantoms_brain_boxes() -> None:
+    # Training refuses a crop larger than every stored (brain-box) volume along an axis.
+    for name, profile in PROFILES.items():
+        for seed in range(3):
+            mask = make_phantom_case(seed, profile.shape).brain_mask
+            extents = [hi - lo for lo, hi in bounding_box(mask)]
+            assert min(extents) >= profile.crop, (name, seed, extents)

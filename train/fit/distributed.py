@@ -2,7 +2,8 @@
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; when they are
 present the process group is initialised with ``nccl`` on CUDA and ``gloo``
-on CPU.  Only rank 0 writes files.
+on CPU, also for a single process (``torchrun --nproc_per_node 1`` runs the
+same data-parallel path as N GPUs).  Only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -30,11 +31,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DistInfo:
-    """Position of this process in the job (``world_size == 1`` when not distributed)."""
+    """Position of this process in the job (``world_size == 1`` when not distributed).
+
+    ``launched`` is True when ``torchrun`` started the process (``WORLD_SIZE``
+    set), whatever the world size.
+    """
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -43,7 +49,8 @@ class DistInfo:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """Data-parallel: launched by ``torchrun`` (any world size) or more than one rank."""
+        return self.launched or self.world_size > 1
 
 
 def _env_int(env: Mapping[str, str], key: str, default: int) -> int:
@@ -100,13 +107,15 @@ def init_distributed(
     Returns
     -------
     (DistInfo, torch.device)
-        Single-process ``DistInfo()`` when ``WORLD_SIZE`` is unset or 1.
+        Single-process ``DistInfo()`` when ``WORLD_SIZE`` is unset; under
+        ``torchrun`` a process group is started even for one process.
     """
     env = os.environ if env is None else env
     info = DistInfo(
         rank=_env_int(env, "RANK", 0),
         world_size=_env_int(env, "WORLD_SIZE", 1),
         local_rank=_env_int(env, "LOCAL_RANK", 0),
+        launched="WORLD_SIZE" in env,
     )
     device = resolve_device(device_preference, info.local_rank)
     if device.type == "cuda":

@@ -6,12 +6,14 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tests.train.helpers import make_store, read_rows, tiny_config_file
 from train.config_files import load_config
-from train.fit.distributed import DistInfo, init_distributed
+from train.fit.distributed import DistInfo, cleanup_distributed, init_distributed, wrap_model
 from train.fit.stages import build_model
 
 OVERRIDES = ["stage.pretrain.epochs=1", "stage.pretrain.iters_per_epoch=3", "data.val_cases=1"]
@@ -63,3 +65,24 @@ def test_single_process_environment_is_not_distributed() -> None:
     info, device = init_distributed("cpu", env={})
     assert info == DistInfo() and info.is_main and not info.distributed
     assert device.type == "cpu"
+
+
+def test_torchrun_with_one_process_is_data_parallel(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = dict(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+    )
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    info, device = init_distributed("cpu")
+    try:
+        assert info.launched and info.distributed and info.world_size == 1
+        assert dist.is_initialized() and dist.get_backend() == "gloo"
+        wrapped = wrap_model(torch.nn.Linear(2, 2), info, device)
+        assert isinstance(wrapped, torch.nn.parallel.DistributedDataParallel)
+    finally:
+        cleanup_distributed()
+    assert not dist.is_initialized()

@@ -15,13 +15,17 @@ codec x chunk edge, and prints for each:
   whole) against the crop and the whole volume;
 * crops/s of :class:`train.data.crops.CropDataset` (what training uses:
   ``compact=True``, tumour-centred half the time, a modality subset drawn per
-  crop; a last row reads all four modalities of every crop, the worst case) in process and through
-  :func:`train.data.crops.make_loader` with 1 worker (batch 1, including the
-  transfer to the main process), per worker and per CPU second of the
-  producing process; and the same with the dataset as it read crops before
-  this benchmark's changes (stored float16 widened to float32 by numpy, then
-  narrowed again; shape, modalities and the three tumour indexes read for
-  every crop) under the previous default codec.
+  crop; a row "all 4" reads all four modalities of every crop, the worst case) in process and through
+  :func:`train.data.crops.make_loader` with 1 worker (batch ``--batch``,
+  default 1, including the transfer to the main process: the worker's slot
+  ring and the copy out of the slot into ordinary tensors), per worker and
+  per CPU second of the producing process; the same with the dataset as it
+  read crops before this benchmark's changes (stored float16 widened to
+  float32 by numpy, then narrowed again; shape, modalities and the three
+  tumour indexes read for every crop) under the previous default codec; and,
+  for the worker rows, the rows "per-batch shm": the transfer as it was
+  before the slot ring (fresh shared-memory tensors for every batch, sent as
+  file descriptors; the main process does not copy).
 
 Every figure is the median of ``--repeats`` epochs after a warm-up epoch; the
 configurations are timed in interleaved rounds so that machine noise hits
@@ -166,6 +170,18 @@ class AllModalities(CropDataset):
         return dataclasses.replace(p, mask=(True, True, True, True))
 
 
+class PerBatchShm(CropDataset):
+    """The worker -> main process transfer before the slot ring: every batch in fresh
+    shared-memory tensors, sent as file descriptors."""
+
+    def use_slot_ring(self, slots: int) -> None:
+        super().use_slot_ring(0)
+
+
+class AllModalitiesPerBatchShm(PerBatchShm, AllModalities):
+    """All four modalities, transferred as before the slot ring."""
+
+
 @dataclass
 class Timing:
     """Per timed epoch: crops per wall second and per CPU second of the producing processes."""
@@ -178,8 +194,11 @@ def _cpu_seconds(procs: list[psutil.Process]) -> float:
     return sum(sum(p.cpu_times()[:2]) for p in procs)
 
 
-def time_epoch(ds: CropDataset, loader: Any, epoch: int, out: Timing | None) -> None:
-    """One epoch of ``ds`` in process (``loader is None``) or through ``loader``."""
+def time_epoch(
+    ds: CropDataset, loader: Any, epoch: int, out: Timing | None, batch: int = 1
+) -> None:
+    """One epoch of ``ds`` in process (``loader is None``, batches of ``batch``) or through
+    ``loader``."""
     me = psutil.Process()
     ds.set_epoch(epoch)
     producers = me.children() if loader is not None else [me]
@@ -188,8 +207,8 @@ def time_epoch(ds: CropDataset, loader: Any, epoch: int, out: Timing | None) -> 
         # What a loader with no worker process does: batches through __getitems__ if defined.
         batched = getattr(ds, "__getitems__", None)
         fetch = batched if batched is not None else (lambda idx: [ds[i] for i in idx])
-        for i in range(len(ds)):
-            fetch([i])
+        for i in range(0, len(ds), batch):
+            fetch(list(range(i, min(i + batch, len(ds)))))
     else:
         for _ in loader:
             pass
@@ -230,6 +249,7 @@ class Config:
     codec: str
     chunk: tuple[int, int, int]
     dataset: type[CropDataset]
+    workers: tuple[int, ...] | None = None  # None: all of --workers
     root: Path = Path()
     rates: dict[int, Timing] = field(default_factory=dict)
 
@@ -242,6 +262,7 @@ def main() -> None:
     p.add_argument("--crops", type=int, default=48, help="crops per timed epoch")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", type=int, nargs="+", default=(0, 1))
+    p.add_argument("--batch", type=int, default=1, help="loader batch size")
     p.add_argument("--codecs", nargs="+", default=(PREVIOUS_CODEC, DEFAULT_CODEC))
     p.add_argument("--chunks", type=int, nargs="+", default=(DEFAULT_CHUNK[0],))
     p.add_argument("--seed", type=int, default=0)
@@ -268,12 +289,31 @@ def main() -> None:
             AllModalities,
         )
     )
+    with_workers = tuple(w for w in args.workers if w)
+    if with_workers:
+        configs += [
+            Config(
+                f"{DEFAULT_CODEC} {DEFAULT_CHUNK[0]}^3, per-batch shm",
+                DEFAULT_CODEC,
+                DEFAULT_CHUNK,
+                PerBatchShm,
+                with_workers,
+            ),
+            Config(
+                f"{DEFAULT_CODEC} {DEFAULT_CHUNK[0]}^3, all 4, per-batch shm",
+                DEFAULT_CODEC,
+                DEFAULT_CHUNK,
+                AllModalitiesPerBatchShm,
+                with_workers,
+            ),
+        ]
     configs.insert(
         0,
         Config(
             f"previous: {PREVIOUS_CODEC} 32^3, old reads", PREVIOUS_CODEC, (32,) * 3, PreviousCrops
         ),
     )
+    width = max(40, *(len(cfg.name) for cfg in configs))
     rng = np.random.default_rng(args.seed)
     boxes = []
     for i in range(60):
@@ -282,7 +322,7 @@ def main() -> None:
         boxes.append(tuple(slice(a, a + args.crop) for a in lo))
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
         print(
-            f"\n{'configuration':40s} {'MiB':>7s} {'/npy':>6s} {'write s':>8s} "
+            f"\n{'configuration':{width}s} {'MiB':>7s} {'/npy':>6s} {'write s':>8s} "
             f"{'box ms':>7s} {'whole-chunk ms':>14s} {'decompressed/crop':>18s}"
         )
         for k, cfg in enumerate(configs):
@@ -298,7 +338,7 @@ def main() -> None:
                 )
             crop_bytes = args.crop**3 * (4 * 2 + 1)
             print(
-                f"{cfg.name:40s} {size / 2**20:7.1f} {size / npy:6.3f} {write_s:8.2f} "
+                f"{cfg.name:{width}s} {size / 2**20:7.1f} {size / npy:6.3f} {write_s:8.2f} "
                 f"{read_ms(cfg.root, boxes, False):7.2f} {read_ms(cfg.root, boxes, True):14.2f} "
                 f"{dec / crop_bytes:8.2f}x crop"
             )
@@ -306,7 +346,7 @@ def main() -> None:
         loaders = []
         for cfg in configs:
             refs = stage_refs(cfg.root, "pretrain")
-            for w in args.workers:
+            for w in cfg.workers or args.workers:
                 ds = cfg.dataset(
                     refs,
                     crop=(args.crop,) * 3,
@@ -315,40 +355,46 @@ def main() -> None:
                     samples_per_epoch=args.crops,
                     compact=True,
                 )
-                loader = make_loader(ds, batch_size=1, workers=w, drop_last=False) if w else None
+                loader = (
+                    make_loader(ds, batch_size=args.batch, workers=w, drop_last=False)
+                    if w
+                    else None
+                )
                 loaders.append(loader)
                 cfg.rates[w] = Timing()
-                time_epoch(ds, loader, 0, None)  # warm-up: worker start, page cache, readers
+                # warm-up: worker start, page cache, readers
+                time_epoch(ds, loader, 0, None, args.batch)
 
                 def run(
                     ds: CropDataset = ds, loader: Any = loader, t: Timing = cfg.rates[w]
                 ) -> None:
-                    time_epoch(ds, loader, len(t.wall) + 1, t)
+                    time_epoch(ds, loader, len(t.wall) + 1, t, args.batch)
 
                 runs.append((cfg, w, run))
         for _ in range(args.repeats):
             for _cfg, _w, run in runs:
                 run()
         print(
-            f"\ncrops/s ({args.crop}^3, compact float16/uint8; median of {args.repeats} interleaved "
-            f"epochs of {args.crops}); target >= {TARGET:.0f} per worker"
+            f"\ncrops/s ({args.crop}^3, compact float16/uint8, batch {args.batch}; median of "
+            f"{args.repeats} interleaved epochs of {args.crops}); target >= {TARGET:.0f} per worker"
         )
         print(
-            f"{'configuration':40s} {'workers':>7s} {'crops/s':>8s} {'per CPU-s':>9s} {'vs target':>9s} {'vs previous':>11s}"
+            f"{'configuration':{width}s} {'workers':>7s} {'crops/s':>8s} {'per CPU-s':>9s} {'vs target':>9s} {'vs previous':>11s}"
         )
         base = {w: statistics.median(configs[0].rates[w].wall) for w in args.workers}
         for cfg in configs:
-            for w in args.workers:
+            for w in cfg.workers or args.workers:
                 t = cfg.rates[w]
                 rate, cpu = statistics.median(t.wall), statistics.median(t.cpu)
                 print(
-                    f"{cfg.name:40s} {w:7d} {rate:8.1f} {cpu:9.1f} {rate / TARGET:8.2f}x "
+                    f"{cfg.name:{width}s} {w:7d} {rate:8.1f} {cpu:9.1f} {rate / TARGET:8.2f}x "
                     f"{rate / base[w]:10.2f}x"
                 )
         del loaders
     print(
         f"\nload average after: {os.getloadavg()[0]:.2f}. workers 0: in process; 1: one "
-        "DataLoader worker process, batch 1, including the transfer to the main process."
+        f"DataLoader worker process, batch {args.batch}, including the transfer to the main "
+        "process (per-batch shm: as before the slot ring)."
     )
 
 

@@ -12,6 +12,7 @@ from train.data.augment import AugmentParams, BatchAugment, rotate, rotation_mat
 from train.data.crops import CropDataset, CropPlan, collate_batch, crop_start, unpack_channels
 from train.data.loader import (
     STAGES,
+    CropLoader,
     EpochDistributedSampler,
     EpochSampler,
     batch_to_device,
@@ -34,6 +35,7 @@ __all__ = [
     "AugmentParams",
     "BatchAugment",
     "CropDataset",
+    "CropLoader",
     "CropPlan",
     "EpochDistributedSampler",
     "EpochSampler",

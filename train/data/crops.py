@@ -17,6 +17,19 @@ uint8; same values) for a cheaper transfer, and batches (what loaders yield,
 :meth:`CropDataset.read_batch`) carry only the drawn modalities' channels;
 :func:`batch_to_device` rebuilds and widens them on the target device.
 
+Worker -> main process transfer
+-------------------------------
+In the workers of :func:`train.data.loader.make_loader` compact batches are
+written into a per-worker :class:`SlotRing` of reusable shared-memory slots
+and sent as a small :class:`RingBatch` (which slot, which sequence number,
+the masks and sample ids); the main process copies each out of its slot into
+ordinary tensors (:class:`SlotReader`) before the slot can be written again.
+A slot's shared memory travels (as a file descriptor) only the first time
+the main process sees it, so no batch allocates, page-faults or releases
+fresh shared memory.  See :func:`train.data.loader.make_loader` for why the
+ring is large enough; a sequence-number check refuses a batch whose slot was
+rewritten before it was copied.
+
 Determinism and workers
 -----------------------
 Item ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)`` and the
@@ -30,6 +43,7 @@ process opens each shard file once, lazily, on first use.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +60,9 @@ from train.data.subsets import Mask, draw_subset
 __all__ = [
     "CropDataset",
     "CropPlan",
+    "RingBatch",
+    "SlotReader",
+    "SlotRing",
     "check_crop_fits",
     "collate_batch",
     "crop_start",
@@ -84,8 +101,229 @@ def unpack_channels(channels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def collate_batch(batch: Any) -> Any:
     """``collate_fn`` of loaders over :class:`CropDataset`: batches made by its
-    ``__getitems__`` pass through, lists of items go to ``default_collate``."""
-    return batch if isinstance(batch, dict) else default_collate(batch)
+    ``__getitems__`` (dicts, :class:`RingBatch`) pass through, lists of items go
+    to ``default_collate``."""
+    return batch if isinstance(batch, dict | RingBatch) else default_collate(batch)
+
+
+# -- Slot ring: compact batches handed from a DataLoader worker to the main process ------------
+
+_HEADER_BYTES = 64
+"""Slot header: int64 fields ``_BEGIN``, ``_END``, ``_MAPPED``, then padding."""
+_BEGIN, _END, _MAPPED = 0, 1, 2
+"""Header fields: sequence number of the batch being written (set before the
+data) and of the batch written completely (set after it), by the worker; 1
+once the main process holds a mapping of the slot, set by the main process."""
+
+
+def _slot_bounds(channels: int, n: int, crop: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Byte offsets in a slot of the packed channels (float16 ``(channels, *crop)``,
+    after the header), of the labels (uint8 ``(n, *crop)``, right after them) and of
+    their end."""
+    vox = crop[0] * crop[1] * crop[2]
+    label = _HEADER_BYTES + channels * vox * 2
+    return _HEADER_BYTES, label, label + n * vox
+
+
+def _byte_view(storage: torch.UntypedStorage) -> np.ndarray:
+    """A flat uint8 array over the whole of ``storage`` (sharing its memory)."""
+    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),), (1,)).numpy()
+
+
+@dataclass(frozen=True)
+class RingBatch:
+    """A compact batch left in slot ``slot`` of a worker's :class:`SlotRing` (what the
+    workers of :func:`train.data.loader.make_loader` send; :class:`SlotReader` turns
+    it into the batch of :meth:`CropDataset.read_batch`).
+
+    Attributes
+    ----------
+    ring : str
+        Random token of the ring (one per worker process).
+    worker : int
+        DataLoader worker id.
+    slot, seq : int
+        Slot index and the batch's sequence number in the ring.
+    crop : tuple of 3 int
+    channels : int
+        Packed channels (drawn modalities of all samples).
+    mask : tuple of tuples of 4 bool
+        Per sample, the drawn modalities.
+    sample_id : tuple of str
+    storage : UntypedStorage or None
+        The slot's shared memory, sent only while the main process has not
+        mapped it (first use of the slot, or a larger slot); else None.
+    """
+
+    ring: str
+    worker: int
+    slot: int
+    seq: int
+    crop: tuple[int, int, int]
+    channels: int
+    mask: tuple[tuple[bool, ...], ...]
+    sample_id: tuple[str, ...]
+    storage: torch.UntypedStorage | None
+
+
+@dataclass
+class _Claim:
+    """A slot being written: where the crops go and what :meth:`SlotRing.publish` sends."""
+
+    slot: int
+    seq: int
+    storage: torch.UntypedStorage
+    header: np.ndarray
+    channels: np.ndarray
+    labels: np.ndarray
+
+
+class SlotRing:
+    """A DataLoader worker's ring of ``slots`` reusable shared-memory slots for compact batches.
+
+    Batch ``s`` (1, 2, ...) of the worker goes to slot ``(s - 1) % slots``: one
+    shared storage per slot holding a 64-byte header, the packed float16
+    channels and the uint8 labels.  A slot is allocated on first use, sized
+    for the batch with all four modalities (so only a larger batch size makes
+    a new one), and reused afterwards: its pages stay mapped and populated in
+    both processes, and its storage is sent only until the main process
+    records in the header that it holds a mapping.
+
+    The worker writes the batch's sequence number into the header before
+    (``_BEGIN``) and after (``_END``) the data; :meth:`SlotReader.read` checks
+    both around its copy, so a slot rewritten too early is an error, never a
+    wrong batch.  Create it in the worker process (see
+    :meth:`CropDataset.use_slot_ring`); ``pid`` keeps a forked child from
+    writing its parent's ring.
+    """
+
+    def __init__(self, slots: int, worker: int = 0) -> None:
+        if slots < 1:
+            raise ValueError(f"a slot ring needs at least one slot, got {slots}")
+        self.token = secrets.token_hex(8)
+        self.worker = int(worker)
+        self.pid = os.getpid()
+        self._storages: list[torch.UntypedStorage | None] = [None] * slots
+        self._arrays: list[np.ndarray | None] = [None] * slots
+        self._next = 0
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._storages)
+
+    def claim(self, channels: int, n: int, crop: tuple[int, int, int]) -> _Claim:
+        """The next slot, marked as being written, with views for ``channels``
+        packed float16 channels and ``n`` uint8 labels of ``crop``."""
+        k = self._next
+        self._next = (k + 1) % len(self)
+        self._seq += 1
+        start, label, end = _slot_bounds(channels, n, crop)
+        storage, buf = self._storages[k], self._arrays[k]
+        if storage is None or buf is None or buf.nbytes < end:
+            nbytes = _slot_bounds(4 * n, n, crop)[2]
+            storage = torch.UntypedStorage._new_shared(nbytes)
+            buf = _byte_view(storage)
+            self._storages[k], self._arrays[k] = storage, buf
+        header = buf[:_HEADER_BYTES].view(np.int64)
+        header[_BEGIN] = self._seq
+        return _Claim(
+            slot=k,
+            seq=self._seq,
+            storage=storage,
+            header=header,
+            channels=buf[start:label].view(np.float16).reshape(channels, *crop),
+            labels=buf[label:end].reshape(n, *crop),
+        )
+
+    def publish(
+        self, claim: _Claim, masks: Sequence[Sequence[bool]], sample_ids: Sequence[str]
+    ) -> RingBatch:
+        """Mark ``claim`` written and describe it for the main process."""
+        claim.header[_END] = claim.seq
+        crop = claim.labels.shape[1:]
+        return RingBatch(
+            ring=self.token,
+            worker=self.worker,
+            slot=claim.slot,
+            seq=claim.seq,
+            crop=(int(crop[0]), int(crop[1]), int(crop[2])),
+            channels=int(claim.channels.shape[0]),
+            mask=tuple(tuple(bool(m) for m in mask) for mask in masks),
+            sample_id=tuple(sample_ids),
+            storage=None if claim.header[_MAPPED] else claim.storage,
+        )
+
+
+class SlotReader:
+    """The main process's side of the workers' :class:`SlotRing`: keeps a mapping of
+    every slot it was sent and copies batches out of them.
+
+    Holds the slots of the latest ring of each worker id (a worker replaced by
+    a new process drops its predecessor's).  ``storages_received`` counts the
+    slot storages that arrived (a ring of ``R`` slots sends ``R`` of them once
+    the main process has seen every slot, unless batches are discarded unread).
+    """
+
+    def __init__(self) -> None:
+        self._rings: dict[int, tuple[str, dict[int, tuple[torch.UntypedStorage, np.ndarray]]]] = {}
+        self.storages_received = 0
+
+    def read(self, batch: RingBatch, *, pin_memory: bool = False) -> dict[str, Any]:
+        """The batch of :meth:`CropDataset.read_batch` held in ``batch``'s slot, copied
+        into new (pinned, when ``pin_memory``) tensors.
+
+        Raises
+        ------
+        RuntimeError
+            The slot's memory never arrived, or the slot does not hold this
+            batch any more (rewritten before or during the copy).
+        """
+        token, slots = self._rings.get(batch.worker, ("", {}))
+        if token != batch.ring:
+            token, slots = batch.ring, {}
+            self._rings[batch.worker] = (token, slots)
+        if batch.storage is not None:
+            slots[batch.slot] = (batch.storage, _byte_view(batch.storage))
+            slots[batch.slot][1][:_HEADER_BYTES].view(np.int64)[_MAPPED] = 1
+            self.storages_received += 1
+        entry = slots.get(batch.slot)
+        where = f"loader worker {batch.worker}, slot {batch.slot}, batch {batch.seq}"
+        if entry is None:
+            raise RuntimeError(f"{where}: the slot's shared memory was never received")
+        view = entry[1]
+        header = view[:_HEADER_BYTES].view(np.int64)
+        start, label, end = _slot_bounds(batch.channels, len(batch.mask), batch.crop)
+        if view.size < end:
+            raise RuntimeError(f"{where}: the slot holds {view.size} bytes, need {end}")
+        self._check(header, batch.seq, where, "before")
+        n = len(batch.mask)
+        channels = torch.empty(
+            (batch.channels, *batch.crop), dtype=torch.float16, pin_memory=pin_memory
+        )
+        labels = torch.empty((n, *batch.crop), dtype=torch.uint8, pin_memory=pin_memory)
+        # numpy's copy is one memcpy; torch's would split it over the intra-op
+        # threads, which stalls when the loader workers hold the other cores.
+        np.copyto(channels.numpy().reshape(-1).view(np.uint8), view[start:label])
+        np.copyto(labels.numpy().reshape(-1), view[label:end])
+        self._check(header, batch.seq, where, "while")
+        mask = torch.tensor(batch.mask, dtype=torch.bool).reshape(n, 4)
+        return {
+            "channels": channels,
+            "label": labels,
+            "mask": mask.pin_memory() if pin_memory else mask,
+            "sample_id": list(batch.sample_id),
+        }
+
+    @staticmethod
+    def _check(header: np.ndarray, seq: int, where: str, when: str) -> None:
+        begin, end = int(header[_BEGIN]), int(header[_END])
+        if begin != seq or end != seq:
+            raise RuntimeError(
+                f"{where}: the worker rewrote the slot {when} the main process copied it "
+                f"(header: writing batch {begin}, last complete {end}); the batch is refused. "
+                "The ring has fewer slots than the batches a worker can have in flight "
+                "(see train.data.loader.make_loader)"
+            )
 
 
 @dataclass(frozen=True)
@@ -241,6 +479,8 @@ class CropDataset(Dataset[dict[str, Any]]):
         self._readers: dict[Path, ShardReader] = {}
         self._readers_pid: int | None = None
         self._facts_cache: dict[tuple[Path, str], _SampleFacts] = {}
+        self._ring_slots = 0
+        self._ring: SlotRing | None = None
 
     def __len__(self) -> int:
         return self.samples_per_epoch if self.samples_per_epoch is not None else len(self.refs)
@@ -255,7 +495,33 @@ class CropDataset(Dataset[dict[str, Any]]):
         state = self.__dict__.copy()
         state["_readers"] = {}
         state["_readers_pid"] = None
+        state["_ring"] = None
         return state
+
+    def use_slot_ring(self, slots: int) -> None:
+        """Write compact batches made in a DataLoader worker into a :class:`SlotRing` of
+        ``slots`` slots (sent as :class:`RingBatch`; 0: fresh shared tensors per batch).
+
+        Called in the worker processes of :func:`train.data.loader.make_loader`,
+        whose loader reads the slots back; a plain ``DataLoader`` would yield
+        the :class:`RingBatch` references themselves.  The ring is created
+        lazily, once per worker process.
+        """
+        if slots < 0:
+            raise ValueError(f"slots must be >= 0, got {slots}")
+        self._ring_slots = int(slots)
+        self._ring = None
+
+    def _worker_ring(self) -> SlotRing | None:
+        """This worker process's slot ring, or None (main process, or no ring asked for)."""
+        if not self._ring_slots:
+            return None
+        info = get_worker_info()
+        if info is None:
+            return None
+        if self._ring is None or self._ring.pid != os.getpid():
+            self._ring = SlotRing(self._ring_slots, info.id)
+        return self._ring
 
     def reader(self, shard: Path) -> ShardReader:
         """This process's reader of ``shard``, created on first use."""
@@ -391,7 +657,7 @@ class CropDataset(Dataset[dict[str, Any]]):
         mask = torch.tensor(plan.mask, dtype=torch.bool)
         return {"image": image_t, "label": label_t, "mask": mask, "sample_id": plan.ref.sample_id}
 
-    def read_batch(self, plans: Sequence[CropPlan]) -> dict[str, Any]:
+    def read_batch(self, plans: Sequence[CropPlan]) -> dict[str, Any] | RingBatch:
         """The collated batch of ``plans`` (what loaders yield).
 
         Not ``compact``: the items of :meth:`load` collated. ``compact``: the
@@ -405,30 +671,46 @@ class CropDataset(Dataset[dict[str, Any]]):
         ``label`` uint8 ``(n, cx, cy, cz)``, ``mask`` bool ``(n, 4)``,
         ``sample_id`` list of str.
 
-        In a DataLoader worker these tensors are allocated in shared memory
-        and sent as they are: no collate copy, and no bytes for the absent
-        modalities (about half of them over the 15 subsets), whose pages a
-        worker would otherwise have to fault in and zero for every batch.
+        No collate copy, and no bytes for the absent modalities (about half of
+        them over the 15 subsets).  In a DataLoader worker the crops are read
+        into the worker's :class:`SlotRing` when :meth:`use_slot_ring` asked
+        for one (the workers of ``make_loader``), and the batch is the
+        :class:`RingBatch` naming the slot; otherwise into tensors allocated in
+        shared memory, sent as they are.
         """
         if not self.compact:
             return default_collate([self.load(plan) for plan in plans])
         n = len(plans)
-        drawn = [sum(plan.mask) for plan in plans]
-        channels = _new_tensor((sum(drawn), *self.crop), torch.float16)
+        p = sum(sum(plan.mask) for plan in plans)
+        masks = [plan.mask for plan in plans]
+        sample_ids = [plan.ref.sample_id for plan in plans]
+        ring = self._worker_ring()
+        if ring is not None:
+            claim = ring.claim(p, n, self.crop)
+            self._read_packed(plans, claim.channels, claim.labels)
+            return ring.publish(claim, masks, sample_ids)
+        channels = _new_tensor((p, *self.crop), torch.float16)
         label = _new_tensor((n, *self.crop), torch.uint8)
-        slots, labels = channels.numpy(), label.numpy()
-        start = 0
-        for k, plan in enumerate(plans):
-            self.read_into(plan, list(slots[start : start + drawn[k]]), labels[k])
-            start += drawn[k]
+        self._read_packed(plans, channels.numpy(), label.numpy())
         return {
             "channels": channels,
             "label": label,
-            "mask": torch.tensor([plan.mask for plan in plans], dtype=torch.bool).reshape(n, 4),
-            "sample_id": [plan.ref.sample_id for plan in plans],
+            "mask": torch.tensor(masks, dtype=torch.bool).reshape(n, 4),
+            "sample_id": sample_ids,
         }
 
-    def __getitems__(self, indices: Sequence[int | tuple[int, int]]) -> dict[str, Any]:
+    def _read_packed(
+        self, plans: Sequence[CropPlan], channels: np.ndarray, labels: np.ndarray
+    ) -> None:
+        """Read ``plans`` into packed ``channels`` (drawn modalities, sample after
+        sample) and ``labels`` (one per sample)."""
+        start = 0
+        for k, plan in enumerate(plans):
+            drawn = sum(plan.mask)
+            self.read_into(plan, list(channels[start : start + drawn]), labels[k])
+            start += drawn
+
+    def __getitems__(self, indices: Sequence[int | tuple[int, int]]) -> dict[str, Any] | RingBatch:
         """The collated batch of ``indices`` (``DataLoader`` calls this instead of
         ``__getitem__`` per item; pair it with :func:`collate_batch`), saving
         ``default_collate``'s copy of every crop (4.6 MB per 80^3 compact crop)."""

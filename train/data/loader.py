@@ -10,6 +10,7 @@ batches do not depend on the number of workers.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +23,13 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from aem_synth.build.tuning import tune_worker
 from aem_synth.errors import ShardError
 from aem_synth.store.shards import SampleRef, list_samples
-from train.data.crops import CropDataset, collate_batch, unpack_channels
+from train.data.crops import CropDataset, RingBatch, SlotReader, collate_batch, unpack_channels
 
 __all__ = [
+    "PREFETCH_FACTOR",
+    "RING_SLOTS",
     "STAGES",
+    "CropLoader",
     "EpochDistributedSampler",
     "EpochSampler",
     "batch_to_device",
@@ -35,6 +39,13 @@ __all__ = [
 ]
 
 STAGES = ("pretrain", "train", "posttrain")
+
+PREFETCH_FACTOR = 2
+"""Batches each loader worker is asked for ahead (DataLoader's ``prefetch_factor``)."""
+RING_SLOTS = PREFETCH_FACTOR + 2
+"""Slots of each worker's :class:`train.data.crops.SlotRing`: the batch the main
+process is copying, the ``PREFETCH_FACTOR`` batches the worker may be writing
+or have queued meanwhile, and one spare (see :func:`make_loader`)."""
 
 
 def batch_to_device(
@@ -103,8 +114,9 @@ class EpochDistributedSampler(DistributedSampler[tuple[int, int]]):
         return iter([(epoch, int(i)) for i in indices])
 
 
-def _worker_init(worker_id: int) -> None:
-    """Per-worker set-up: one intra-op thread, a fresh reader cache; no RNG seeding needed.
+def _worker_init(worker_id: int, ring_slots: int = 0) -> None:
+    """Per-worker set-up: one intra-op thread, a fresh reader cache, the slot ring
+    (``ring_slots`` slots, 0: none); no RNG seeding needed.
 
     Items are seeded from ``(seed, epoch, index)``, so no global RNG is touched here.
     """
@@ -113,6 +125,51 @@ def _worker_init(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     if info is not None and isinstance(info.dataset, CropDataset):
         info.dataset.close()
+        info.dataset.use_slot_ring(ring_slots)
+
+
+class _Batches:
+    """Iterator over a DataLoader iterator that copies :class:`RingBatch` slots out
+    (:class:`SlotReader`) as each batch is returned, before the next is asked for."""
+
+    def __init__(self, batches: Iterator[Any], reader: SlotReader, pin_memory: bool) -> None:
+        self._batches = batches
+        self._reader = reader
+        self._pin = pin_memory
+
+    def __iter__(self) -> _Batches:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        batch = next(self._batches)
+        if isinstance(batch, RingBatch):
+            return self._reader.read(batch, pin_memory=self._pin)
+        return cast(dict[str, Any], batch)
+
+    def __len__(self) -> int:
+        return len(cast(Any, self._batches))
+
+
+class CropLoader(DataLoader[dict[str, Any]]):
+    """The ``DataLoader`` of :func:`make_loader`: yields ordinary batches (dicts of
+    private tensors) also when its workers send :class:`RingBatch` slot references.
+
+    Parameters are those of ``DataLoader`` plus ``pin_slots``: copy the slots
+    into pinned memory (the workers' batches skip ``DataLoader``'s pin-memory
+    thread, which would only forward the references).  ``slot_reader`` holds
+    the main process's mappings of the workers' slots.
+    """
+
+    def __init__(self, dataset: CropDataset, *, pin_slots: bool = False, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self.pin_slots = bool(pin_slots)
+        self.slot_reader = SlotReader()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
+        batches = super().__iter__()
+        if self.num_workers == 0:
+            return batches
+        return _Batches(batches, self.slot_reader, self.pin_slots)
 
 
 def make_loader(
@@ -123,7 +180,7 @@ def make_loader(
     distributed: bool = False,
     seed: int = 0,
     drop_last: bool = True,
-) -> DataLoader[dict[str, Any]]:
+) -> CropLoader:
     """DataLoader over a :class:`CropDataset` with a seeded, epoch-following sampler.
 
     Parameters
@@ -143,6 +200,38 @@ def make_loader(
         Seed of the epoch order and of torch's per-worker base seed.
     drop_last : bool
         Drop the last incomplete batch.
+
+    Notes
+    -----
+    With workers and a ``compact`` dataset, each worker writes its batches into
+    a ring of :data:`RING_SLOTS` reusable shared-memory slots
+    (:class:`train.data.crops.SlotRing`) and the loader copies each batch out
+    of its slot in the main process when it is returned (:class:`CropLoader`),
+    so batches are ordinary tensors and no batch allocates fresh shared memory
+    or sends a file descriptor.  The ring cannot be overrun, from torch's
+    ``torch/utils/data/dataloader.py`` (2.13): tasks are sent only when the
+    iterator is primed, ``prefetch_factor * num_workers`` of them
+    (``_reset``), and one per returned batch, from ``_process_data``, which
+    calls ``_try_put_index`` just *before* returning the batch; with
+    ``in_order`` (the default) ``_try_put_index`` gives task ``t`` to worker
+    ``t mod num_workers`` (``_worker_queue_idx_cycle``, reset each epoch; all
+    workers of a map-style dataset stay active).  So when batch ``j`` is
+    returned, tasks up to ``j + prefetch_factor * num_workers`` have been sent,
+    of which ``prefetch_factor`` belong to batch ``j``'s worker after ``j``; a
+    worker runs its tasks in order (one index queue each), so while the main
+    process copies a worker's batch ``m`` (slot ``m mod R``), the worker writes
+    at most its batches ``m + 1 .. m + prefetch_factor``.  The next task goes
+    out only at the next ``__next__``, after the copy.  Batches received out of
+    order wait in ``_task_info``, and the same count holds for them.
+    ``R = prefetch_factor + 1`` would do; :data:`RING_SLOTS` keeps one spare.
+    Batches of an epoch abandoned part-way are dropped unread when the next
+    epoch starts (``_reset`` waits for every worker's ``_ResumeIteration``
+    acknowledgement, which follows its last stale batch), so they hold no slot;
+    a slot whose first batch was dropped sends its memory again with its next
+    batch, since the main process marks a slot in its header only when mapped.
+    Each batch's sequence number is checked around the copy all the same
+    (:meth:`train.data.crops.SlotReader.read` raises rather than return a
+    rewritten slot).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -153,15 +242,23 @@ def make_loader(
         sampler = EpochDistributedSampler(dataset, shuffle=True, seed=seed, drop_last=drop_last)
     else:
         sampler = EpochSampler(dataset, seed=seed)
-    return DataLoader(
+    ring = workers > 0 and dataset.compact
+    pin = torch.cuda.is_available()
+    return CropLoader(
         dataset,
+        pin_slots=pin and ring,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
         persistent_workers=workers > 0,
-        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
+        pin_memory=pin and not ring,
         drop_last=drop_last,
-        worker_init_fn=_worker_init if workers > 0 else None,
+        worker_init_fn=(
+            functools.partial(_worker_init, ring_slots=RING_SLOTS if ring else 0)
+            if workers > 0
+            else None
+        ),
         collate_fn=collate_batch,
         # An explicit generator keeps DataLoader from drawing its base seed from global state.
         generator=torch.Generator().manual_seed(seed),

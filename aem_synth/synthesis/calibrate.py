@@ -170,14 +170,40 @@ def _occupancy(mask: BoolArray, factor: int) -> npt.NDArray[np.float32]:
     return out
 
 
+def _filtered(
+    occ: npt.NDArray[np.float32], band: int | None
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_] | None]:
+    """Gaussian field (sigma 1) of ``occ`` and, with ``band``, its deep-interior mask.
+
+    Both filters run on the occupancy's bounding box grown by more than their
+    reach (4 voxels for the Gaussian's truncation, ``band`` for the box
+    filter): outside it every output is exactly 0 / False, and inside it each
+    output sums the same inputs in the same order as on the whole grid (the box
+    filter's running sum crosses only exact zeros before the box), so the
+    result is bit-identical at a fraction of the cost.
+    """
+    margin = max(4, band or 0) + 1
+    box = tuple(
+        slice(max(a - margin, 0), min(b + margin, n))
+        for (a, b), n in zip(bounding_box(occ > 0), occ.shape, strict=True)
+    )
+    part = occ[box]
+    field = np.zeros_like(occ)
+    field[box] = ndimage.gaussian_filter(part, sigma=1.0, mode="constant")
+    if band is None:
+        return field, None
+    deep = np.zeros(occ.shape, dtype=bool)
+    deep[box] = ndimage.uniform_filter(part, size=2 * band + 1, mode="constant") > 0.999
+    return field, deep
+
+
 def _level(mask: BoolArray, spacing: Spacing, factor: int, band: int | None) -> _Level:
     occ = _occupancy(mask, factor)
-    field = ndimage.gaussian_filter(occ, sigma=1.0, mode="constant")
+    field, deep = _filtered(occ, band)
     keep = field > 0.01
-    if band is not None:
+    if deep is not None:
         # Voxels whose whole (2*band+1)^3 neighbourhood is brain score the same
         # for every plane within reach; drop them.
-        deep = ndimage.uniform_filter(occ, size=2 * band + 1, mode="constant") > 0.999
         keep &= ~deep
     # Sample at jittered sub-voxel positions: on-grid samples would score the
     # planes that map the grid onto itself (yaw or roll exactly 0) too high,
@@ -262,7 +288,8 @@ def _search(mask: BoolArray, spacing: Spacing, max_offset: float, max_angle: flo
     # The fine search moves at most ~1 voxel / 1 degree: 6 coarse voxels of band
     # cover the displacement of every brain voxel with margin.
     fine = coarse if f_fine == f_coarse else _level(mask, spacing, factor=f_fine, band=6)
-    x, _ = _compass(fine.score, x, step=0.5, min_step=0.05, bounds=bounds)
+    # The coarse search ended at steps of 0.25; the fine one goes on from there.
+    x, _ = _compass(fine.score, x, step=0.25, min_step=0.05, bounds=bounds)
     return x
 
 

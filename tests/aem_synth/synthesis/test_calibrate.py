@@ -133,3 +133,24 @@ def test_occupancy_equals_the_block_mean_of_the_padded_mask(factor: int) -> None
         assert found.dtype == np.float32
         np.testing.assert_array_equal(found, expected)
     assert not _occupancy(np.zeros((5, 6, 7), bool), factor).any()
+
+
+@pytest.mark.parametrize("band", [None, 2, 6])
+def test_filters_on_the_occupancy_box_equal_whole_grid_filters(band: int | None) -> None:
+    from scipy import ndimage
+
+    from aem_synth.synthesis.calibrate import _filtered
+
+    rng = np.random.default_rng(7)
+    for corner in (False, True):
+        occ = np.zeros((30, 26, 22), np.float32)
+        box = (slice(0, 9), slice(0, 12), slice(0, 7)) if corner else np.s_[8:20, 5:19, 6:15]
+        occ[box] = rng.integers(0, 9, occ[box].shape) / np.float32(8)
+        field, deep = _filtered(occ, band)
+        expected = ndimage.gaussian_filter(occ, sigma=1.0, mode="constant")
+        assert field.tobytes() == expected.tobytes()
+        if band is None:
+            assert deep is None
+        else:
+            wide = ndimage.uniform_filter(occ, size=2 * band + 1, mode="constant") > 0.999
+            assert deep is not None and np.array_equal(deep, wide)

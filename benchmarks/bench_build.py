@@ -296,7 +296,7 @@ def part_brats_scale(tmp: Path, args: argparse.Namespace) -> None:
     print(
         f"[brats-scale] {w} workers, multiplier {args.multiplier}: {summary.samples} samples "
         f"({summary.synthetic_samples} synthetic + {cases} real) in {summary.wall_seconds:.1f} s "
-        f"= {summary.wall_seconds / 60:.0f}m{summary.wall_seconds % 60:02.0f}s (target <= 300 s)"
+        f"= {int(summary.wall_seconds // 60)}m{int(summary.wall_seconds % 60):02d}s (target <= 300 s)"
     )
     print(
         f"[brats-scale]   case phase {summary.prepare_seconds:.1f} s "

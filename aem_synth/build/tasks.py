@@ -159,15 +159,11 @@ def prepare_case(record: CaseRecord, work_dir: str, key: str) -> CaseSummary | C
 
 def _prepare(record: CaseRecord, work: Path, key: str) -> CaseSummary:
     from aem_synth.dataset.load import load_case
-    from aem_synth.dataset.preprocess import bounding_box, brain_mask, crop, normalise
+    from aem_synth.dataset.preprocess import bounding_box, case_brain_mask, crop, normalise
     from aem_synth.synthesis.calibrate import calibrate
 
     loaded = load_case(record, require_label=True)
-    mask = np.ascontiguousarray(brain_mask(loaded.image, loaded.present, loaded.background))
-    if not mask.any():
-        raise CaseError(
-            record.case_id, "brain mask is empty (every present modality equals its background)"
-        )
+    mask = np.ascontiguousarray(case_brain_mask(loaded))
     box = bounding_box(mask)
     # Only the brain box is z-scored and stored: the image is exactly 0 outside it.
     image, mask_box, stats = normalise(

@@ -37,8 +37,10 @@ from aem_synth.types import (
 )
 
 __all__ = [
+    "EMPTY_BRAIN",
     "bounding_box",
     "brain_mask",
+    "case_brain_mask",
     "crop",
     "normalise",
     "preprocess_case",
@@ -48,6 +50,7 @@ __all__ = [
 ]
 
 _MIN_STD = 1e-6
+EMPTY_BRAIN = "brain mask is empty (every present modality equals its background)"
 _S = TypeVar("_S", bound=np.generic)
 
 
@@ -87,6 +90,25 @@ def brain_mask(
         else:
             np.not_equal(channel, np.asarray(bg, dtype=channel.dtype), out=scratch)
         mask |= scratch
+    return mask
+
+
+def case_brain_mask(case: LoadedCase) -> BoolArray:
+    """:func:`brain_mask` of a loaded case (its present modalities and backgrounds).
+
+    Returns
+    -------
+    ndarray, bool, (X, Y, Z)
+        In the memory order of the case's channels.
+
+    Raises
+    ------
+    CaseError
+        The mask is empty: every present modality equals its background.
+    """
+    mask = brain_mask(case.image, case.present, case.background)
+    if not mask.any():
+        raise CaseError(case.case_id, EMPTY_BRAIN)
     return mask
 
 
@@ -181,9 +203,7 @@ def normalise(
         raise ValueError(f"{case_id}: mask shape {mask.shape} != image shape {image.shape[1:]}")
     n_brain = int(np.count_nonzero(mask))
     if n_brain == 0:
-        raise CaseError(
-            case_id, "brain mask is empty (every present modality equals its background)"
-        )
+        raise CaseError(case_id, EMPTY_BRAIN)
     # Statistics do not depend on voxel order: gather in memory order (loaded channels are
     # Fortran-ordered); the output is written C-ordered in the same pass as the shift.
     fortran = image[0].strides[0] < image[0].strides[-1]
@@ -218,11 +238,7 @@ def preprocess_case(case: LoadedCase, *, margin: int = 0) -> PreprocessedCase:
         Contiguous cropped arrays: image float32 ``(4, x, y, z)``, label uint8,
         brain mask bool; ``crop_box`` in the canonical full grid.
     """
-    mask_full = brain_mask(case.image, case.present, case.background)
-    if not mask_full.any():
-        raise CaseError(
-            case.case_id, "brain mask is empty (every present modality equals its background)"
-        )
+    mask_full = case_brain_mask(case)
     box = bounding_box(mask_full, margin)
     mask = np.ascontiguousarray(crop(mask_full, box))
     image, mask, stats = normalise(crop(case.image, box), case.present, mask, case_id=case.case_id)

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from aem_synth.build.tasks import CaseFailure, prepare_case, source_key
 from aem_synth.cli import main as aem_cli
 from aem_synth.dataset.discover import discover, discover_case
 from aem_synth.dataset.load import gunzip, load_case, load_volume
+from aem_synth.dataset.preprocess import EMPTY_BRAIN, preprocess_case
 from aem_synth.errors import CaseError, DatasetError, OutputPathError
 from aem_synth.paths import prepare_output_dir
 from aem_synth.types import MODALITIES
@@ -292,3 +294,16 @@ def test_unwritable_output_folder_is_a_clear_error(
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
     with pytest.raises(OutputPathError, match=r"shards is not writable \(Permission denied\)"):
         prepare_output_dir(tmp_path / "shards")
+
+
+def test_empty_brain_is_a_reported_case_failure(tmp_path: Path) -> None:
+    case = write_case(tmp_path)
+    for token in TOKENS:  # each modality equals its own (border) background everywhere
+        replace(case, token, np.full(SHAPE, 7.0, dtype=np.float32))
+    record = discover_case(case)
+    failure = prepare_case(record, str(tmp_path / "work"), source_key(record))
+    assert isinstance(failure, CaseFailure)
+    assert failure.case_id == "Brats18_x"
+    assert failure.reason == EMPTY_BRAIN
+    with pytest.raises(CaseError, match=f"Brats18_x: {re.escape(EMPTY_BRAIN)}"):
+        preprocess_case(load_case(record))

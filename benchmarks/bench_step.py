@@ -92,9 +92,12 @@ class Worker:
     def reset(self) -> None:
         import torch
 
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=1e-2, weight_decay=1e-4, amsgrad=True
-        )
+        from train.config import StageConfig
+        from train.fit.optim import build_optimizer
+
+        # The optimiser ``train run`` builds for this revision: Adam (amsgrad), the
+        # demo's pretrain lr, default weight decay.
+        self.optimizer = build_optimizer(self.model.parameters(), StageConfig(lr=1e-2))
         self.gen = torch.Generator().manual_seed(2)
         self.i = 0
 

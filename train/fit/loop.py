@@ -47,7 +47,7 @@ from train.fit.checkpoint import (
 )
 from train.fit.distributed import DistInfo, all_reduce_mean, autocast_dtype, barrier, wrap_model
 from train.fit.objectives import Objective
-from train.fit.optim import build_optimizer, poly_lr, set_lr
+from train.fit.optim import build_optimizer, load_optimizer_state, poly_lr, set_lr
 from train.fit.validation import BEST_KEY
 from train.report.plots import MetricsLog, plot_loss_curve
 
@@ -215,7 +215,7 @@ class Trainer:
             )
         load_weights(self.model, data["model"], str(path))
         try:
-            self.optimizer.load_state_dict(data["optimizer"])
+            load_optimizer_state(self.optimizer, data["optimizer"])
             self.plan.objective.load_state_dict(data["objective"])
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(

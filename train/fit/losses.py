@@ -34,19 +34,21 @@ __all__ = [
 PROBABILITY_FLOOR = 1e-6
 
 
-def _check(logits: Tensor, target: Tensor) -> None:
+def _check_logits(logits: Tensor, target: Tensor) -> None:
     if logits.ndim != 5:
         raise ValueError(f"logits must have shape (B, K, X, Y, Z), got {tuple(logits.shape)}")
-    if target.dtype != torch.int64:
-        raise ValueError(f"target must have dtype torch.int64, got {target.dtype}")
     expected = (logits.shape[0], *logits.shape[2:])
     if tuple(target.shape) != tuple(expected):
         raise ValueError(
             f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}: "
             f"expected {tuple(expected)}"
         )
-    num_classes = logits.shape[1]
-    lo, hi = int(target.min()), int(target.max())
+
+
+def _check_labels(target: Tensor, num_classes: int) -> None:
+    if target.dtype != torch.int64:
+        raise ValueError(f"target must have dtype torch.int64, got {target.dtype}")
+    lo, hi = (int(v) for v in torch.aminmax(target))
     if lo < 0 or hi >= num_classes:
         raise ValueError(
             f"target labels must lie in [0, {num_classes - 1}] for {num_classes} classes, "
@@ -74,12 +76,6 @@ def downsample_target(target: Tensor, spatial: tuple[int, ...]) -> Tensor:
     return target[:, :: steps[0], :: steps[1], :: steps[2]]
 
 
-def _match_target(logits: Tensor, target: Tensor) -> Tensor:
-    if target.ndim == 4 and logits.ndim == 5:
-        return downsample_target(target, tuple(logits.shape[2:]))
-    return target
-
-
 # Class weightings of the cross-entropy term (``loss.class_weights`` in configs):
 # ``rfnet``  ``w_c = 1 - freq_c`` per sample, as RFNet and the paper (background
 #            weight ~0.02-0.05 on BraTS crops: false positives are cheap);
@@ -88,20 +84,130 @@ def _match_target(logits: Tensor, target: Tensor) -> Tensor:
 #            weight is 1: rare classes count more, less extremely than ``rfnet``.
 
 
-def _class_weights(target: Tensor, num_classes: int, weighting: str) -> Tensor | None:
-    """Per-voxel weights ``(B, X, Y, Z)`` of ``weighting``, or ``None`` for unweighted CE."""
-    if weighting == "none":
-        return None
-    counts = F.one_hot(target.flatten(1), num_classes).sum(dim=1).float()  # (B, K)
-    if weighting == "rfnet":
-        weights = 1.0 - counts / target[0].numel()
-        return weights.gather(1, target.flatten(1)).view_as(target)
-    if weighting == "sqrt":
-        freq = counts.sum(0) / target.numel()  # (K,)
-        w = torch.where(freq > 0, freq.clamp_min(1e-12).rsqrt(), torch.zeros_like(freq))
-        w = w / (w * freq).sum()  # mean voxel weight 1
-        return w[target]
-    raise ValueError(f"class weighting must be one of {list(CLASS_WEIGHTINGS)}, got {weighting!r}")
+class _Labels:
+    """A (checked) target at one resolution and what every loss term against it needs:
+    its one-hot classes, their counts and the cross-entropy voxel weights, each computed
+    once however many terms (fused, auxiliary, deep, region) use them."""
+
+    def __init__(self, target: Tensor, num_classes: int) -> None:
+        self.target = target
+        self.num_classes = num_classes
+        self._hot: Tensor | None = None
+        self._onehot: Tensor | None = None
+        self._totals: Tensor | None = None
+        self._weights: dict[str, Tensor | None] = {}
+
+    @property
+    def hot(self) -> Tensor:
+        """Bool ``(B, K, X, Y, Z)``: whether the voxel has class ``k`` (one comparison, not
+        ``F.one_hot``'s zero fill and scatter)."""
+        if self._hot is None:
+            classes = torch.arange(self.num_classes, device=self.target.device)
+            self._hot = self.target.unsqueeze(1) == classes.view(1, -1, 1, 1, 1)
+        return self._hot
+
+    @property
+    def onehot(self) -> Tensor:
+        """Float32 ``(B, K, X, Y, Z)`` one-hot classes."""
+        if self._onehot is None:
+            self._onehot = self.hot.float()
+        return self._onehot
+
+    @property
+    def totals(self) -> Tensor:
+        """Float32 ``(K,)``: the one-hot classes summed over the batch and the voxels."""
+        if self._totals is None:
+            self._totals = self.onehot.sum((0, 2, 3, 4))
+        return self._totals
+
+    @property
+    def counts(self) -> Tensor:
+        """Float32 ``(B, K)`` voxel count of every class in every sample (summed as integers)."""
+        return self.hot.flatten(2).sum(dim=2).float()
+
+    def weights(self, weighting: str) -> Tensor | None:
+        """Per-voxel weights ``(B, X, Y, Z)`` of ``weighting``, or ``None`` for unweighted CE."""
+        if weighting not in self._weights:
+            self._weights[weighting] = self._class_weights(weighting)
+        return self._weights[weighting]
+
+    def _class_weights(self, weighting: str) -> Tensor | None:
+        target = self.target
+        if weighting == "none":
+            return None
+        if weighting == "rfnet":
+            weights = 1.0 - self.counts / target[0].numel()
+            return weights.gather(1, target.flatten(1)).view_as(target)
+        if weighting == "sqrt":
+            freq = self.counts.sum(0) / target.numel()  # (K,)
+            w = torch.where(freq > 0, freq.clamp_min(1e-12).rsqrt(), torch.zeros_like(freq))
+            w = w / (w * freq).sum()  # mean voxel weight 1
+            return w[target]
+        raise ValueError(
+            f"class weighting must be one of {list(CLASS_WEIGHTINGS)}, got {weighting!r}"
+        )
+
+
+class _Targets:
+    """A full-resolution target, its labels checked once, and its :class:`_Labels` at every
+    resolution a loss term asks for (downsampled by striding, :func:`downsample_target`)."""
+
+    def __init__(self, target: Tensor, num_classes: int, *, checked: bool = False) -> None:
+        if target.dtype != torch.int64:
+            raise ValueError(f"target must have dtype torch.int64, got {target.dtype}")
+        if not checked:
+            _check_labels(target, num_classes)
+        self.target = target
+        self.num_classes = num_classes
+        self._at: dict[tuple[int, ...], _Labels] = {}
+
+    def like(self, logits: Tensor) -> _Labels:
+        """The labels at ``logits``' resolution and number of classes, checked against it."""
+        if logits.ndim != 5:
+            raise ValueError(f"logits must have shape (B, K, X, Y, Z), got {tuple(logits.shape)}")
+        key = tuple(logits.shape[1:])
+        labels = self._at.get(key)
+        if labels is None:
+            target = downsample_target(self.target, key[1:])
+            _check_logits(logits, target)
+            if key[0] != self.num_classes:
+                _check_labels(target, key[0])
+            labels = self._at[key] = _Labels(target, key[0])
+        else:
+            _check_logits(logits, labels.target)
+        return labels
+
+    def subset(self, rows: Tensor) -> _Targets:
+        """The same for the samples ``rows`` (bool ``(B,)``) of the batch."""
+        return _Targets(self.target[rows], self.num_classes, checked=True)
+
+
+def _cross_entropy(logits: Tensor, labels: _Labels, weighting: str) -> Tensor:
+    log_p = F.log_softmax(logits.float(), dim=1)
+    nll = -(log_p * labels.onehot).sum(1)  # (B, X, Y, Z)
+    weights = labels.weights(weighting)
+    return nll.mean() if weights is None else (weights * nll).mean()
+
+
+def _dice(logits: Tensor, labels: _Labels, smooth: float = 1e-5) -> Tensor:
+    probs = torch.softmax(logits.float(), dim=1)
+    dims = (0, 2, 3, 4)
+    intersection = (probs * labels.onehot).sum(dims)
+    denominator = probs.sum(dims) + labels.totals
+    dice = (2.0 * intersection + smooth) / (denominator + smooth)
+    return 1.0 - dice.mean()
+
+
+def _targets(logits: Tensor, target: Tensor) -> _Targets:
+    """``target`` at ``logits``' resolution, checked as the public losses check it."""
+    if logits.ndim == 5 and target.ndim == 4:
+        target = downsample_target(target, tuple(logits.shape[2:]))
+    if logits.ndim != 5:
+        raise ValueError(f"logits must have shape (B, K, X, Y, Z), got {tuple(logits.shape)}")
+    if target.dtype != torch.int64:
+        raise ValueError(f"target must have dtype torch.int64, got {target.dtype}")
+    _check_logits(logits, target)
+    return _Targets(target, logits.shape[1])
 
 
 def weighted_cross_entropy(logits: Tensor, target: Tensor, weighting: str = "rfnet") -> Tensor:
@@ -128,12 +234,7 @@ def weighted_cross_entropy(logits: Tensor, target: Tensor, weighting: str = "rfn
     Tensor
         Scalar float32 loss.
     """
-    target = _match_target(logits, target)
-    _check(logits, target)
-    log_p = F.log_softmax(logits.float(), dim=1)
-    nll = -log_p.gather(1, target.unsqueeze(1)).squeeze(1)  # (B, X, Y, Z)
-    weights = _class_weights(target, logits.shape[1], weighting)
-    return nll.mean() if weights is None else (weights * nll).mean()
+    return _cross_entropy(logits, _targets(logits, target).like(logits), weighting)
 
 
 def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> Tensor:
@@ -157,26 +258,23 @@ def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> Tens
     Tensor
         Scalar float32 loss in ``[0, 1]``.
     """
-    target = _match_target(logits, target)
-    _check(logits, target)
-    probs = torch.softmax(logits.float(), dim=1)
-    onehot = F.one_hot(target, logits.shape[1]).permute(0, 4, 1, 2, 3).float()
-    dims = (0, 2, 3, 4)
-    intersection = (probs * onehot).sum(dims)
-    denominator = probs.sum(dims) + onehot.sum(dims)
-    dice = (2.0 * intersection + smooth) / (denominator + smooth)
-    return 1.0 - dice.mean()
+    return _dice(logits, _targets(logits, target).like(logits), smooth)
 
 
 def segmentation_loss(logits: Tensor, target: Tensor, weighting: str = "rfnet") -> Tensor:
     """``weighted_cross_entropy(weighting) + soft_dice_loss``; scalar float32."""
-    return weighted_cross_entropy(logits, target, weighting) + soft_dice_loss(logits, target)
+    return _segmentation_loss(logits, _targets(logits, target), weighting)
 
 
-def _probability_loss(probs: Tensor, target: Tensor, weighting: str) -> Tensor:
+def _segmentation_loss(logits: Tensor, targets: _Targets, weighting: str) -> Tensor:
+    labels = targets.like(logits)
+    return _cross_entropy(logits, labels, weighting) + _dice(logits, labels)
+
+
+def _probability_loss(probs: Tensor, targets: _Targets, weighting: str) -> Tensor:
     # softmax(log p) == p, so the logit losses apply unchanged to probability maps.
     logp = torch.log(probs.float().clamp_min(PROBABILITY_FLOOR))
-    return segmentation_loss(logp, target, weighting)
+    return _segmentation_loss(logp, targets, weighting)
 
 
 def rfnet_loss(
@@ -236,15 +334,18 @@ def rfnet_loss(
     """
     zero = out.logits.new_zeros((), dtype=torch.float32)
     w = class_weights
-    fused = segmentation_loss(out.logits, target, w)
+    if out.logits.ndim != 5:
+        raise ValueError(f"logits must have shape (B, K, X, Y, Z), got {tuple(out.logits.shape)}")
+    targets = _Targets(target, out.logits.shape[1])
+    fused = _segmentation_loss(out.logits, targets, w)
     aux = zero
     if out.aux_logits is not None:
         computed = out.aux_mask
         if computed is not None and modality_mask is not None:
             computed = computed & modality_mask.to(computed.device)
-        aux = _aux_loss(out.aux_logits, target, modality_mask if computed is None else computed, w)
-    deep = sum((segmentation_loss(d, target, w) for d in out.deep_logits), zero)
-    region = sum((_probability_loss(r, target, w) for r in out.region_maps), zero)
+        aux = _aux_loss(out.aux_logits, targets, modality_mask if computed is None else computed, w)
+    deep = sum((_segmentation_loss(d, targets, w) for d in out.deep_logits), zero)
+    region = sum((_probability_loss(r, targets, w) for r in out.region_maps), zero)
     total = fused_weight * fused + aux + deep + region
     parts = {"fused": fused, "aux": aux, "deep": deep, "region": region}
     if out.aux_losses:
@@ -265,13 +366,17 @@ def _weighted_sum(terms: Mapping[str, Tensor], weights: Mapping[str, float]) -> 
 
 
 def _aux_loss(
-    aux_logits: Tensor, target: Tensor, modality_mask: Tensor | None, weighting: str
+    aux_logits: Tensor, targets: _Targets, modality_mask: Tensor | None, weighting: str
 ) -> Tensor:
-    """Sum over modalities of the per-modality loss ``(B, M, K, ...)``."""
-    num_modalities = aux_logits.shape[1]
+    """Sum over modalities of the per-modality loss ``(B, M, K, ...)``.
+
+    A modality present in every sample is scored on its slice of ``aux_logits``
+    (a view) against the full batch's labels; one present in some samples only,
+    on those samples, against their labels (computed once per subset of samples).
+    """
     if modality_mask is None:
         return sum(
-            (segmentation_loss(aux_logits[:, m], target, weighting) for m in range(num_modalities)),
+            (_segmentation_loss(logits, targets, weighting) for logits in aux_logits.unbind(1)),
             aux_logits.new_zeros((), dtype=torch.float32),
         )
     if tuple(modality_mask.shape) != tuple(aux_logits.shape[:2]):
@@ -280,8 +385,17 @@ def _aux_loss(
             f"(B, M) = {tuple(aux_logits.shape[:2])}"
         )
     total = aux_logits.new_zeros((), dtype=torch.float32)
-    for m in range(num_modalities):
-        present = modality_mask[:, m].to(aux_logits.device)
-        if bool(present.any()):
-            total = total + segmentation_loss(aux_logits[present, m], target[present], weighting)
+    present_all = modality_mask.to(aux_logits.device)
+    subsets: dict[tuple[bool, ...], _Targets] = {}
+    # unbind: one stack of the modalities' gradients in backward, not a zero-filled
+    # (B, M, K, ...) gradient per modality
+    for m, logits in enumerate(aux_logits.unbind(1)):
+        present = present_all[:, m]
+        flags = tuple(bool(f) for f in present.tolist())
+        if all(flags):
+            total = total + _segmentation_loss(logits, targets, weighting)
+        elif any(flags):
+            if flags not in subsets:
+                subsets[flags] = targets.subset(present)
+            total = total + _segmentation_loss(logits[present], subsets[flags], weighting)
     return total

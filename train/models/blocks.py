@@ -76,6 +76,116 @@ class InstanceNorm(nn.GroupNorm):
         return super().forward(x.contiguous())
 
 
+class PaddedConv3d(nn.Conv3d):
+    """``nn.Conv3d`` (reflect padding) with a faster CPU path: the same parameters and
+    state-dict keys, the same outputs up to fp32 round-off.
+
+    On CPU with a channels-last weight (:func:`train.fit.distributed.place_model`)
+    the module pads its input itself and hands oneDNN a channels-last input, in
+    one of three shapes, all measured at the demo's size
+    (``benchmarks/bench_step.py``); every output voxel is computed by the same
+    oneDNN kernel as in a batch of two, so the outputs are bitwise those of
+    ``nn.Conv3d`` run channels-last on a batch (the weight gradients, summed in
+    another order, agree to fp32 round-off):
+
+    * The padded input is converted to channels-last here, not inside the
+      convolution: same one copy forward, but the convolution keeps the
+      converted input for its backward pass instead of converting it again.
+    * A batch of one sample, which PyTorch sends to its reference kernel instead
+      of oneDNN (a heuristic made for 2-D inputs; 4x slower at 4 channels on
+      32^3), is convolved as two half-depth slabs batched together (the input
+      slabs overlap by the kernel's extent minus the stride); the output halves
+      are joined by a view.
+    * A convolution that reduces channels (``in >= 2 * out``, ``2 * out <= 16``)
+      at a width of at least 32 computes two neighbouring voxels along the last
+      axis as ``2 * out`` channels of a stride-2 convolution whose kernel is one
+      wider (each half of the weight shifted by one voxel): oneDNN vectorises
+      over output channels in blocks of 16, so few output channels leave most of
+      a vector idle; the channels-last result is already the interleaved output.
+      1.16x on 8 -> 4 channels at 32^3 (the decoders' finest level), a loss at
+      fewer input channels or smaller widths, where it is not used.
+
+    With a contiguous weight on CPU only the single-sample slabs apply (in the
+    contiguous layout); on other devices this is ``nn.Conv3d``.
+    """
+
+    #: output channels oneDNN computes in one AVX-512 vector (fp32)
+    VECTOR = 16
+    #: smallest output width at which packing two voxels as channels pays
+    MIN_PACK_WIDTH = 32
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.padding_mode == "zeros" or input.device.type != "cpu":
+            return super()._conv_forward(input, weight, bias)
+        channels_last = weight.is_contiguous(memory_format=torch.channels_last_3d)
+        if not channels_last and input.shape[0] != 1:
+            return super()._conv_forward(input, weight, bias)
+        padded = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+        slabs = self._depth_halves(padded) if padded.shape[0] == 1 else None
+        x = padded if slabs is None else slabs
+        if not channels_last:  # only a single sample in slabs
+            x = x.contiguous()
+            return self._join_halves(
+                F.conv3d(x, weight, bias, self.stride, 0, self.dilation, self.groups), slabs
+            )
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        if not self._packs_width(x.shape[4]):
+            out = F.conv3d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+            return self._join_halves(out, slabs)
+        # Output channel j * C + c of the packed convolution is channel c at width
+        # 2 * i + j: the kernel's taps shifted by j along the width.
+        packed = torch.cat((F.pad(weight, (0, 1)), F.pad(weight, (1, 0))))
+        out = F.conv3d(
+            x,
+            packed.contiguous(memory_format=torch.channels_last_3d),
+            None if bias is None else bias.repeat(2),
+            (self.stride[0], self.stride[1], 2),
+            0,
+            self.dilation,
+        )
+        # (N, 2C, D, H, W/2) channels-last is (N, D, H, W/2, 2, C) in memory, that is
+        # (N, C, D, H, W) channels-last: a view
+        n, _, d, h, w = out.shape
+        out = out.permute(0, 2, 3, 4, 1).reshape(n, d, h, 2 * w, self.out_channels)
+        return self._join_halves(out.permute(0, 4, 1, 2, 3), slabs)
+
+    @staticmethod
+    def _join_halves(out: Tensor, slabs: Tensor | None) -> Tensor:
+        """The output of :meth:`_depth_halves`' slabs ``(2, C, D/2, H, W)`` as the single
+        sample's ``(1, C, D, H, W)`` (a view when ``out`` is channels-last); ``out`` itself
+        when there were no slabs."""
+        if slabs is None:
+            return out
+        return out.transpose(0, 1).reshape(1, out.shape[1], -1, *out.shape[3:])
+
+    def _packs_width(self, padded_width: int) -> bool:
+        """Whether to compute two neighbouring output voxels along the width as channels."""
+        if (
+            self.groups != 1
+            or self.stride[2] != 1
+            or self.dilation[2] != 1
+            or self.in_channels < 2 * self.out_channels
+            or 2 * self.out_channels > self.VECTOR
+        ):
+            return False
+        width = padded_width - self.kernel_size[2] + 1
+        return width >= self.MIN_PACK_WIDTH and width % 2 == 0
+
+    def _depth_halves(self, padded: Tensor) -> Tensor | None:
+        """The padded single sample ``(1, C, D, H, W)`` as ``(2, C, D', H, W)``: the input
+        slabs of the first and the second half of the output depth; ``None`` when the
+        output depth is odd."""
+        extent = self.dilation[0] * (self.kernel_size[0] - 1) + 1
+        stride = self.stride[0]
+        depth = (padded.shape[2] - extent) // stride + 1
+        if depth < 2 or depth % 2:
+            return None
+        half = depth // 2
+        size = (half - 1) * stride + extent
+        # (cheaper, both ways, than the overlapping windows of ``unfold``)
+        return torch.cat((padded.narrow(2, 0, size), padded.narrow(2, half * stride, size)))
+
+
 class ConvNormAct(nn.Sequential):
     """Conv3d (reflect padding, bias) -> instance norm -> LeakyReLU(0.2).
 
@@ -92,7 +202,7 @@ class ConvNormAct(nn.Sequential):
         if kernel_size == 1 and stride == 1:
             conv = PointwiseConv3d(in_channels, out_channels)
         else:
-            conv = nn.Conv3d(
+            conv = PaddedConv3d(
                 in_channels,
                 out_channels,
                 kernel_size,
@@ -119,7 +229,17 @@ def bottleneck(in_channels: int, mid_channels: int, out_channels: int) -> nn.Seq
 
 
 def upsample2(x: Tensor) -> Tensor:
-    """Trilinear x2 upsampling of ``(B, C, X, Y, Z)`` to ``(B, C, 2X, 2Y, 2Z)``."""
+    """Trilinear x2 upsampling of ``(B, C, X, Y, Z)`` to ``(B, C, 2X, 2Y, 2Z)``.
+
+    On CPU the input is made channels-last first: PyTorch's channels-last
+    trilinear kernels (forward and backward) are 3-4x faster than the
+    contiguous ones at these few channels, the copy of the coarse input costs
+    an eighth of the output, and the channels-last result feeds the next
+    convolution (channels-last on CPU) without the copy it would otherwise
+    make. Same values up to fp32 round-off (the kernels sum in another order).
+    """
+    if x.device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
     return F.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
 
 

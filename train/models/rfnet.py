@@ -179,18 +179,12 @@ class RFNet(Backbone):
 
 
 def _rows_to_encode(present: Tensor) -> Tensor:
-    """Indices of the samples ``present`` ``(B,)`` flags, padded to two on CPU.
+    """Indices of the samples ``present`` ``(B,)`` flags.
 
-    On CPU, PyTorch sends a 3-D convolution of a single small sample to its
-    reference kernel instead of oneDNN (a heuristic made for 2-D inputs),
-    which costs more than a batch of two; the padding sample's output is
-    discarded like the other absent ones.
+    A single sample is encoded on its own: on CPU the encoder's convolutions
+    (:class:`~train.models.blocks.PaddedConv3d`) keep a batch of one on oneDNN.
     """
-    rows = present.nonzero().flatten()
-    if present.device.type == "cpu" and len(rows) == 1 and len(present) > 1:
-        spare = (~present).nonzero().flatten()[:1]
-        rows = torch.cat((rows, spare)).sort().values
-    return rows
+    return present.nonzero().flatten()
 
 
 def _scatter_rows(part: Tensor, rows: Tensor, total: int) -> Tensor:

@@ -211,3 +211,61 @@ def test_rfnet_loss_passes_the_weighting_to_every_term() -> None:
     _, plain = rfnet_loss(out, target, class_weights="none")
     for part in ("fused", "aux", "deep", "region"):
         assert plain[part] != pytest.approx(rfnet[part])
+
+
+def _reference_term(logits: torch.Tensor, target: torch.Tensor, weighting: str) -> torch.Tensor:
+    """Weighted CE + soft Dice written out plainly (one-hot by ``F.one_hot``, NLL by gather)."""
+    steps = [f // s for f, s in zip(target.shape[1:], logits.shape[2:], strict=True)]
+    target = target[:, :: steps[0], :: steps[1], :: steps[2]]
+    log_p = F.log_softmax(logits.float(), dim=1)
+    nll = -log_p.gather(1, target.unsqueeze(1)).squeeze(1)
+    counts = F.one_hot(target.flatten(1), K).sum(dim=1).float()
+    if weighting == "none":
+        ce = nll.mean()
+    elif weighting == "rfnet":
+        w = 1.0 - counts / target[0].numel()
+        ce = (w.gather(1, target.flatten(1)).view_as(target) * nll).mean()
+    else:
+        freq = counts.sum(0) / target.numel()
+        w = torch.where(freq > 0, freq.clamp_min(1e-12).rsqrt(), torch.zeros_like(freq))
+        ce = ((w / (w * freq).sum())[target] * nll).mean()
+    probs = torch.softmax(logits.float(), dim=1)
+    onehot = F.one_hot(target, K).permute(0, 4, 1, 2, 3).float()
+    dims = (0, 2, 3, 4)
+    dice = (2.0 * (probs * onehot).sum(dims) + 1e-5) / (probs.sum(dims) + onehot.sum(dims) + 1e-5)
+    return ce + 1.0 - dice.mean()
+
+
+def _reference_total(
+    out: ModelOutput, target: torch.Tensor, mask: torch.Tensor, w: str
+) -> torch.Tensor:
+    total = _reference_term(out.logits, target, w)
+    assert out.aux_logits is not None
+    for m in range(out.aux_logits.shape[1]):
+        if mask[:, m].any():
+            total = total + _reference_term(out.aux_logits[mask[:, m], m], target[mask[:, m]], w)
+    for d in out.deep_logits:
+        total = total + _reference_term(d, target, w)
+    for r in out.region_maps:
+        total = total + _reference_term(torch.log(r.clamp_min(1e-6)), target, w)
+    return total
+
+
+@pytest.mark.parametrize("weighting", ["rfnet", "none", "sqrt"])
+def test_rfnet_loss_matches_the_plain_formulas(weighting: str) -> None:
+    """The loss shares one-hot classes, counts and weights between its terms; same values."""
+    target = _target((3, 8, 8, 8), seed=4)
+    target[0] = 2  # a single-class sample
+    out = _output(target, perfect=False)
+    mask = torch.tensor([[True, False, True], [True, True, False], [True, False, False]])
+    leaves = [out.logits, out.aux_logits, *out.deep_logits, *out.region_maps]
+    for t in leaves:
+        assert t is not None
+        t.requires_grad_(True)
+    loss, _ = rfnet_loss(out, target, modality_mask=mask, class_weights=weighting)
+    grads = torch.autograd.grad(loss, leaves)  # type: ignore[arg-type]
+    expected = _reference_total(out, target, mask, weighting)
+    expected_grads = torch.autograd.grad(expected, leaves)  # type: ignore[arg-type]
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-8)

@@ -36,6 +36,8 @@ from pathlib import Path
 
 from scipy import stats
 
+from pipelines.demo import build_args, phantom_args
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("pretrain", "train", "posttrain")
 REGIONS = ("WT", "TC", "ET")
@@ -70,42 +72,8 @@ def demo_store(work: Path) -> Path:
         data = work / "phantom"
         cli = [sys.executable, "-m", "aem_synth.cli"]
         if not (data / "phantom.json").is_file():
-            subprocess.run(
-                [
-                    *cli,
-                    "phantom",
-                    "--out",
-                    str(data),
-                    "--cases",
-                    "30",
-                    "--layout",
-                    "brats2020",
-                    "--seed",
-                    "0",
-                    "--shape",
-                    "96,96,64",
-                ],
-                cwd=ROOT,
-                check=True,
-            )
-        subprocess.run(
-            [
-                *cli,
-                "build",
-                "--multiplier",
-                "4",
-                "--in",
-                str(data),
-                "--out",
-                str(store),
-                "--workers",
-                "2",
-                "--seed",
-                "0",
-            ],
-            cwd=ROOT,
-            check=True,
-        )
+            subprocess.run([*cli, *phantom_args(data, 30, "96,96,64", 0)], cwd=ROOT, check=True)
+        subprocess.run([*cli, *build_args(data, store, 2, 0)], cwd=ROOT, check=True)
     return store
 
 

@@ -34,6 +34,18 @@ def _step(title: str, group: click.Group, prog: str, args: Sequence[str]) -> Non
     click.echo(f"   ({time.perf_counter() - t0:.1f} s)")
 
 
+def phantom_args(data: Path, cases: int, shape: str, seed: int) -> list[str]:
+    """``aem-synth`` arguments of the demo's phantom dataset."""
+    args = ["phantom", "--out", str(data), "--cases", str(cases), "--layout", "brats2020"]
+    return [*args, "--seed", str(seed), "--shape", shape]
+
+
+def build_args(data: Path, shards: Path, workers: int, seed: int) -> list[str]:
+    """``aem-synth`` arguments of the demo's AEM x4 build."""
+    args = ["build", "--multiplier", "4", "--in", str(data), "--out", str(shards)]
+    return [*args, "--workers", str(workers), "--seed", str(seed)]
+
+
 @click.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo_out"), show_default=True)
 @click.option("--cases", default=30, show_default=True, type=click.IntRange(min=6))
@@ -48,43 +60,9 @@ def main(out: Path, cases: int, shape: str, workers: int, seed: int) -> None:
     data, shards, runs = out / "phantom", out / "shards", out / "runs"
     t0 = time.perf_counter()
     if not (data / "phantom.json").is_file():
-        _step(
-            "phantom data",
-            aem,
-            "aem-synth",
-            [
-                "phantom",
-                "--out",
-                str(data),
-                "--cases",
-                str(cases),
-                "--layout",
-                "brats2020",
-                "--seed",
-                str(seed),
-                "--shape",
-                shape,
-            ],
-        )
+        _step("phantom data", aem, "aem-synth", phantom_args(data, cases, shape, seed))
     _step("inspect", aem, "aem-synth", ["inspect", "--in", str(data)])
-    _step(
-        "AEM x4 build",
-        aem,
-        "aem-synth",
-        [
-            "build",
-            "--multiplier",
-            "4",
-            "--in",
-            str(data),
-            "--out",
-            str(shards),
-            "--workers",
-            str(workers),
-            "--seed",
-            str(seed),
-        ],
-    )
+    _step("AEM x4 build", aem, "aem-synth", build_args(data, shards, workers, seed))
     _step("verify", aem, "aem-synth", ["verify", str(shards)])
     sample = _first_synthetic_sample(shards)
     _step(

@@ -14,7 +14,8 @@ against the first (same seed) with a paired t-test.
 A revision is a git revision, unpacked with ``git archive`` into ``--work``,
 or ``.`` for this working tree.  The store is built as the demo builds it
 (30 phantom cases at 96x96x64, ``--multiplier 4``, seed 0) unless ``--store``
-names one.  Finished runs are reused, so a killed comparison resumes.  Each run
+names one.  Finished runs are reused, so a killed comparison resumes (those of
+the working tree only while it has no uncommitted changes).  Each run
 takes ~5 min on 2 cores; run it alone, one run at a time (two at once
 oversubscribe the cores and take 3-6x as long).
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -65,6 +67,20 @@ def code_dir(rev: str, work: Path) -> Path:
     return dest
 
 
+def tree_name() -> tuple[str, bool]:
+    """The run name of this working tree (``tree-<HEAD>``, ``-dirty`` with uncommitted changes
+    to tracked files) and whether its finished runs may be reused (not when dirty: the tree
+    may have changed since they ran)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return f"tree-{git('rev-parse', '--short=12', 'HEAD')}{'-dirty' if dirty else ''}", not dirty
+
+
 def demo_store(work: Path) -> Path:
     """The demo's store (phantoms, seed 0, ``--multiplier 4``), built once under ``work``."""
     store = work / "store"
@@ -86,11 +102,17 @@ def average_dice(csv_path: Path) -> tuple[float, float, float]:
     raise ValueError(f"{csv_path}: no Average row")
 
 
-def train_and_evaluate(code: Path, store: Path, out: Path, seed: int) -> tuple[float, ...]:
-    """The demo recipe with ``seed`` using the code in ``code``; returns the test average Dice."""
+def train_and_evaluate(
+    code: Path, store: Path, out: Path, seed: int, *, reuse: bool = True
+) -> tuple[float, ...]:
+    """The demo recipe with ``seed`` using the code in ``code``; returns the test average Dice.
+
+    A finished run in ``out`` is reused when ``reuse``; otherwise ``out`` is cleared first."""
     result = out / "eval" / "dice.csv"
-    if result.is_file():
+    if reuse and result.is_file():
         return average_dice(result)
+    if not reuse:
+        shutil.rmtree(out, ignore_errors=True)
     # The code folder first on the path and as the working folder (which precedes PYTHONPATH).
     env = {**os.environ, "PYTHONPATH": str(code)}
     train = [sys.executable, "-m", "train.cli"]
@@ -144,14 +166,14 @@ def main() -> None:
     work: Path = args.work.resolve()
     store = (args.store or demo_store(work)).resolve()
     codes = {rev: code_dir(rev, work) for rev in args.revs}
+    tree, tree_reusable = tree_name()
     scores: dict[tuple[str, int], tuple[float, ...]] = {}
     for seed in args.seeds:
         for rev, code in codes.items():
             t0 = time.perf_counter()
-            name = "tree" if rev == "." else code.name
-            scores[rev, seed] = train_and_evaluate(
-                code, store, work / "runs" / f"{name}-s{seed}", seed
-            )
+            name, reuse = (tree, tree_reusable) if rev == "." else (code.name, True)
+            out = work / "runs" / f"{name}-s{seed}"
+            scores[rev, seed] = train_and_evaluate(code, store, out, seed, reuse=reuse)
             print(
                 f"  {rev} seed {seed}: {_fmt(scores[rev, seed])} ({time.perf_counter() - t0:.0f} s)"
             )

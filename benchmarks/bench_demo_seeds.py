@@ -38,10 +38,9 @@ from pathlib import Path
 
 from scipy import stats
 
-from pipelines.demo import build_args, phantom_args
+from pipelines.demo import STAGES, build_args, evaluate_args, phantom_args, stage_args
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("pretrain", "train", "posttrain")
 REGIONS = ("WT", "TC", "ET")
 
 
@@ -116,39 +115,19 @@ def train_and_evaluate(
     # The code folder first on the path and as the working folder (which precedes PYTHONPATH).
     env = {**os.environ, "PYTHONPATH": str(code)}
     train = [sys.executable, "-m", "train.cli"]
-    sets = ["--set", f"shards={store}", "--set", f"runs_dir={out}", "--set", f"seed={seed}"]
-    config = str(code / "pipelines" / "demo.toml")
+    config = code / "pipelines" / "demo.toml"
     out.mkdir(parents=True, exist_ok=True)
-    for stage in STAGES:
-        with (out / f"{stage}.log").open("w") as log:
+    steps = [(st, [*stage_args(st, config, store, out, seed), "--no-progress"]) for st in STAGES]
+    for name, args in [*steps, ("evaluate", evaluate_args(out, store, out / "eval"))]:
+        with (out / f"{name}.log").open("w") as log:
             subprocess.run(
-                [*train, "run", "--stage", stage, "--config", config, *sets, "--no-progress"],
+                [*train, *args],
                 cwd=code,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 check=True,
             )
-    with (out / "evaluate.log").open("w") as log:
-        subprocess.run(
-            [
-                *train,
-                "evaluate",
-                "--checkpoint",
-                str(out / "demo" / "posttrain" / "best.pt"),
-                "--split",
-                "test",
-                "--shards",
-                str(store),
-                "--out",
-                str(out / "eval"),
-            ],
-            cwd=code,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            check=True,
-        )
     return average_dice(result)
 
 

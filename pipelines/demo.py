@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 
 CONFIG = Path(__file__).with_name("demo.toml")
+STAGES = ("pretrain", "train", "posttrain")
 
 
 def _step(title: str, group: click.Group, prog: str, args: Sequence[str]) -> None:
@@ -44,6 +45,20 @@ def build_args(data: Path, shards: Path, workers: int, seed: int) -> list[str]:
     """``aem-synth`` arguments of the demo's AEM x4 build."""
     args = ["build", "--multiplier", "4", "--in", str(data), "--out", str(shards)]
     return [*args, "--workers", str(workers), "--seed", str(seed)]
+
+
+def stage_args(stage: str, config: Path, shards: Path, runs: Path, seed: int) -> list[str]:
+    """``train`` arguments of one demo stage (``config``: the demo's TOML)."""
+    sets = ["--set", f"shards={shards}", "--set", f"runs_dir={runs}", "--set", f"seed={seed}"]
+    return ["run", "--stage", stage, "--config", str(config), *sets]
+
+
+def evaluate_args(runs: Path, shards: Path, out: Path) -> list[str]:
+    """``train evaluate`` arguments of the demo's test evaluation of posttrain's ``best.pt``
+    (the best full-volume validation score)."""
+    ckpt = runs / "demo" / "posttrain" / "best.pt"
+    args = ["evaluate", "--checkpoint", str(ckpt), "--split", "test"]
+    return [*args, "--shards", str(shards), "--out", str(out)]
 
 
 @click.command()
@@ -71,31 +86,14 @@ def main(out: Path, cases: int, shape: str, workers: int, seed: int) -> None:
         "aem-synth",
         ["preview", str(shards), "--sample", sample, "--out", str(out / "preview.png")],
     )
-    overrides = ["--set", f"shards={shards}", "--set", f"runs_dir={runs}", "--set", f"seed={seed}"]
-    for stage in ("pretrain", "train", "posttrain"):
-        _step(
-            f"{stage} stage",
-            trainer,
-            "train",
-            ["run", "--stage", stage, "--config", str(CONFIG), *overrides],
-        )
+    for stage in STAGES:
+        _step(f"{stage} stage", trainer, "train", stage_args(stage, CONFIG, shards, runs, seed))
     _validation_summary(runs / "demo", out / "validation.png")
-    ckpt = runs / "demo" / "posttrain" / "best.pt"  # best full-volume validation score
     _step(
         "evaluate (test split, 15 subsets)",
         trainer,
         "train",
-        [
-            "evaluate",
-            "--checkpoint",
-            str(ckpt),
-            "--split",
-            "test",
-            "--shards",
-            str(shards),
-            "--out",
-            str(out / "evaluation"),
-        ],
+        evaluate_args(runs, shards, out / "evaluation"),
     )
     click.secho(
         f"\ndemo finished in {time.perf_counter() - t0:.0f} s; outputs in {out}/", bold=True
